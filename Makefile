@@ -1,0 +1,45 @@
+# Two commands set everything up:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PROFILE ?= workshop
+STAMP  := $(VENV)/.installed
+# Where the embedded phantom dataset is built (ignored by git).
+DATA_DIR ?= data/phantom
+
+.PHONY: run test unit notebooks data install clean benchmarks student
+
+install: $(STAMP)
+
+# torch: install the exact CPU build only when no torch is importable (Colab and
+# GPU machines keep their own); the package itself declares a range.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==2.13.0" || $(BIN)/python -m pip install --quiet "torch>=2.1"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(BIN)/mstoolkit data phantom --out $(DATA_DIR) --n 6 --seed 0
+
+run: data
+	$(BIN)/mstoolkit notebooks run --profile $(PROFILE) --out build
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not notebook" -q
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest -m notebook -q
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+student: $(STAMP)
+	$(BIN)/mstoolkit notebooks student --out build/student
+
+benchmarks: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache
