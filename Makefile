@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Where the embedded phantom dataset is built (ignored by git).
 DATA_DIR ?= data/phantom
 
-.PHONY: run test unit notebooks data install clean benchmarks student
+.PHONY: run test unit notebooks data install clean benchmarks student browser-test
 
 install: $(STAMP)
 
@@ -27,13 +27,20 @@ run: data
 	$(BIN)/mstoolkit notebooks run --profile $(PROFILE) --out build
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not notebook" -q
+	$(BIN)/python -m pytest -m "not notebook and not browser" -q
 
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest -m notebook -q
+	$(BIN)/python -m pytest -m "notebook and not browser" -q
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not browser"
+
+# JupyterLab in Debian's chromium, driven by Playwright (no browser download).
+browser-test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright>=1.40"
+	test -d build/html || $(BIN)/mstoolkit notebooks run --profile quick --out build
+	$(BIN)/python -m pytest -q -m browser tests/browser
 
 student: $(STAMP)
 	$(BIN)/mstoolkit notebooks student --out build/student

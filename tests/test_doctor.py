@@ -1,0 +1,30 @@
+"""Platform and device detection shown by `mstoolkit doctor` and every notebook's setup cell."""
+
+import sys
+import types
+
+from mstoolkit import doctor
+
+
+def test_platform_detection(monkeypatch):
+    for var in ("COLAB_RELEASE_TAG", "BINDER_SERVICE_HOST", "BINDER_REQUEST", "BINDER_LAUNCH_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert doctor.detect_platform() == "local"
+    monkeypatch.setenv("BINDER_SERVICE_HOST", "10.0.0.1")
+    assert doctor.detect_platform() == "binder"
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert doctor.detect_platform() == "colab"
+
+
+def test_describe_runtime_is_one_line(capsys):
+    line = doctor.describe_runtime()
+    assert capsys.readouterr().out.strip() == line
+    assert "\n" not in line and "torch" in line and ("CPU only" in line or "GPU" in line)
+
+
+def test_missing_package_is_reported(monkeypatch, capsys):
+    real_version = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda name: None if name == "monai" else real_version(name))
+    assert doctor.cli_doctor(types.SimpleNamespace(json=False)) == 1
+    assert "missing packages monai" in capsys.readouterr().out
