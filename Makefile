@@ -4,8 +4,6 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROFILE ?= workshop
 STAMP  := $(VENV)/.installed
-# Where the embedded phantom dataset is built (ignored by git).
-DATA_DIR ?= data/phantom
 
 .PHONY: run test unit notebooks data install clean benchmarks student browser-test
 
@@ -21,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 data: $(STAMP)
-	$(BIN)/mstoolkit data phantom --out $(DATA_DIR) --n 6 --seed 0
+	$(BIN)/mstoolkit data prepare --profile $(PROFILE)
 
 run: data
 	$(BIN)/mstoolkit notebooks run --profile $(PROFILE) --out build

@@ -51,3 +51,19 @@ def test_real_sample_layout():
     assert nib.aff2axcodes(case.affine) == ("R", "A", "S")
     # Lesion load of about 8 mL (README of the sample).
     assert 6.0 < case.mask.sum() / 1000 < 10.0
+
+
+def test_notebook_data_dir_choices(tmp_path, monkeypatch):
+    from mstoolkit.datasets import notebook_data_dir
+
+    with pytest.raises(MSToolkitInputError, match="'DATASET' must be one of phantom, open_ms_data, got 'isbi'"):
+        notebook_data_dir("isbi")
+    assert notebook_data_dir("open_ms_data", tmp_path) == tmp_path
+    monkeypatch.setenv("MSTOOLKIT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("MSTOOLKIT_REAL_SAMPLE", str(tmp_path / "absent"))
+    # Beside the repository the real sample is found; elsewhere the error says how to download it.
+    if real_sample_dir() is None:
+        with pytest.raises(FileNotFoundError, match="mstoolkit data download open_ms_data"):
+            notebook_data_dir("open_ms_data")
+    else:
+        assert (notebook_data_dir("open_ms_data") / "cross_sectional").is_dir()
