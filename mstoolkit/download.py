@@ -1,0 +1,763 @@
+"""Download public MS datasets and convert them into the toolkit's case layout.
+
+Every download is checksummed (SHA-256, or the upstream git blob SHA-1
+``sha1(b"blob %d\\0" % len(data) + data)``), resumable (HTTP ``Range``) and
+atomic: bytes go to ``NAME.part``, are verified, and only then renamed, so a
+failed or corrupted transfer never leaves a file that looks complete. A
+``mirror`` (``http(s)://`` or ``file://``) replaces the upstream base URL for
+workshops without reliable network. Archives are extracted only after every
+member has been checked (no absolute paths, no ``..``, no links escaping:
+zip-slip / tar-slip). The manifests live in ``data_download/``.
+
+Introduced in notebook 01 (data loading); see also ``mstoolkit data --help``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import http.client
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import site
+import stat
+import sys
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlparse
+from urllib.request import Request, url2pathname, urlopen
+
+from . import __version__
+from .datasets import bids_paths, default_data_dir
+from .io import MSToolkitInputError
+
+__all__ = [
+    "DATASETS",
+    "DownloadError",
+    "DownloadReport",
+    "dataset_dir",
+    "load_manifest",
+    "file_digest",
+    "download_file",
+    "extract_archive",
+    "select_files",
+    "download_dataset",
+    "import_dataset",
+    "cli_list",
+    "cli_download",
+    "cli_import",
+]
+
+log = logging.getLogger(__name__)
+
+#: Datasets the toolkit knows; each has ``data_download/NAME.json``.
+DATASETS = ("open_ms_data", "mslesseg", "isbi2015", "msseg1", "msseg2")
+RETRIES = 3  # extra attempts after the first, with exponential backoff
+BACKOFF_S = 1.0
+TIMEOUT_S = 30.0
+_CHUNK = 1 << 20
+_OFFLINE_HINT = "check your connection, or use --mirror URL pointing at a copy (see data_download/README.md)"
+
+
+class DownloadError(RuntimeError):
+    """A transfer failed: network (``network=True``, retried already), HTTP error or checksum mismatch."""
+
+    def __init__(self, message: str, *, network: bool = False) -> None:
+        super().__init__(message)
+        self.network = network
+
+
+@dataclass
+class DownloadReport:
+    """What :func:`download_dataset` did, file by file (upstream paths)."""
+
+    dest: Path
+    downloaded: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    converted: dict[str, Path] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def dataset_dir(name: str) -> Path:
+    """Default folder of a dataset: ``$MSTOOLKIT_DATA/NAME`` (``~/.cache/mstoolkit/NAME``)."""
+    return default_data_dir() / name
+
+
+def _manifest_dirs() -> list[Path]:
+    dirs = [Path(os.environ["MSTOOLKIT_MANIFESTS"])] if os.environ.get("MSTOOLKIT_MANIFESTS") else []
+    # a source checkout (editable install), then where a wheel's data files land (system or --user)
+    checkout = Path(__file__).resolve().parents[1] / "data_download"
+    wheel = [Path(base) / "share/mstoolkit/data_download" for base in (sys.prefix, site.getuserbase())]
+    return dirs + [checkout] + wheel
+
+
+def load_manifest(name: str) -> dict:
+    """The manifest of a dataset (files, checksums, licence, citation, access steps).
+
+    >>> load_manifest("open_ms_data")["base_url"].startswith("https://raw.githubusercontent.com/")
+    True
+    """
+    if name not in DATASETS:
+        raise MSToolkitInputError(f"Unknown dataset '{name}'; known: {', '.join(DATASETS)}.")
+    for folder in _manifest_dirs():
+        if (folder / f"{name}.json").is_file():
+            return json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+    raise FileNotFoundError(
+        f"Manifest '{name}.json' not found in {', '.join(map(str, _manifest_dirs()))}. "
+        "Set MSTOOLKIT_MANIFESTS to the data_download folder of a mstoolkit checkout."
+    )
+
+
+def _subset_of(path: str) -> str | None:
+    """``cross_sectional/MNI/patient07/…`` → ``cross_sectional_mni``; None for shared files."""
+    parts = path.split("/")
+    if len(parts) >= 4 and re.fullmatch(r"patient\d+", parts[2]):
+        return f"{parts[0]}_{parts[1].lower()}"
+    return None
+
+
+def _patient_number(text: str) -> int:
+    match = re.fullmatch(r"(?:patient)?0*(\d+)", str(text).strip())
+    if not match:
+        raise MSToolkitInputError(f"'patients' must be numbers like 7 or patient07, got '{text}'.")
+    return int(match.group(1))
+
+
+def select_files(manifest: dict, *, subsets: list[str] | None = None, patients: list | None = None) -> list[dict]:
+    """The manifest entries of the chosen subsets and patients, plus their shared files.
+
+    ``subsets`` defaults to the manifest's ``default_subsets``; ``["all"]`` takes all.
+    Shared files (licences, patient tables) of each chosen group come along.
+    """
+    files = manifest["files"]
+    available = sorted({s for f in files if (s := _subset_of(f["path"]))})
+    chosen = set(subsets or manifest.get("default_subsets", available))
+    if "all" in chosen:
+        chosen = set(available)
+    unknown = sorted(chosen - set(available))
+    if unknown:
+        raise MSToolkitInputError(f"Unknown subset(s) {unknown}; available: {', '.join(available)} or all.")
+    picked = [f for f in files if _subset_of(f["path"]) in chosen]
+    if patients:
+        wanted = {_patient_number(p) for p in patients}
+        picked = [f for f in picked if _patient_number(f["path"].split("/")[2]) in wanted]
+        if not picked:
+            raise MSToolkitInputError(f"No files for patients {sorted(wanted)} in subsets {sorted(chosen)}.")
+    groups = {f["path"].split("/")[0] for f in picked}
+    shared = [f for f in files if _subset_of(f["path"]) is None and f["path"].split("/")[0] in groups]
+    return shared + picked
+
+
+# --------------------------------------------------------------------------- single files
+
+
+def file_digest(path: str | os.PathLike, kind: str = "sha256") -> str:
+    """Hex digest of a file, streamed: ``"sha256"`` or ``"git_blob_sha1"``.
+
+    The git blob SHA-1 is what ``git hash-object`` prints, so any file of a git
+    repository can be verified against the repository's tree.
+    """
+    path = Path(path)
+    if kind == "sha256":
+        digest = hashlib.sha256()
+    elif kind == "git_blob_sha1":
+        digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    else:
+        raise MSToolkitInputError(f"'kind' must be 'sha256' or 'git_blob_sha1', got '{kind}'.")
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _problem(path: Path, sha256: str | None, git_blob_sha1: str | None, size: int | None) -> str | None:
+    """Why ``path`` is not the expected file, or None when it is."""
+    if size is not None and path.stat().st_size != size:
+        return f"size {path.stat().st_size} bytes, expected {size}"
+    for kind, expected in (("sha256", sha256), ("git_blob_sha1", git_blob_sha1)):
+        if expected:  # the strongest checksum known is enough
+            actual = file_digest(path, kind)
+            return None if actual == expected else f"{kind} {actual}, expected {expected}"
+    return None
+
+
+def _fetch(url: str, part: Path, progress) -> bool:
+    """Append the rest of ``url`` to ``part`` (resuming); False when the source has no such file."""
+    offset = part.stat().st_size if part.exists() else 0
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        source = Path(url2pathname(parsed.path))
+        if not source.is_file():
+            return False
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb") as src, open(part, "ab" if offset <= source.stat().st_size else "wb") as out:
+            src.seek(offset if out.tell() else 0)
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                out.write(chunk)
+                progress.update(len(chunk))
+        return True
+    request = Request(url, headers={"User-Agent": f"mstoolkit/{__version__}"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urlopen(request, timeout=TIMEOUT_S)
+    except HTTPError as err:
+        if err.code == 404:
+            return False
+        if err.code == 416:  # our partial file is not a prefix of theirs: start again
+            part.unlink()
+            raise
+        if err.code >= 500 or err.code == 429:
+            raise  # worth retrying
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+    with response:
+        resumed = offset and response.status == 206
+        expected = response.headers.get("Content-Length")
+        received = 0
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "ab" if resumed else "wb") as out:
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                received += len(chunk)
+                progress.update(len(chunk))
+    # http.client returns b"" instead of raising when a server hangs up early
+    if expected is not None and received < int(expected):
+        raise ConnectionError(f"connection closed after {received} of {expected} bytes")
+    return True
+
+
+def download_file(
+    url: str,
+    target: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    git_blob_sha1: str | None = None,
+    size: int | None = None,
+    progress=None,
+) -> str:
+    """Download ``url`` to ``target`` atomically; return ``"cached"``, ``"downloaded"`` or ``"missing"``.
+
+    A target that already verifies is not transferred again. Bytes go to
+    ``TARGET.part`` (kept between attempts so a new attempt resumes with an HTTP
+    ``Range`` request), are verified, then renamed. Network errors are retried
+    :data:`RETRIES` times with exponential backoff. ``"missing"`` means the
+    source has no such file (HTTP 404, or absent from a ``file://`` mirror).
+
+    Raises
+    ------
+    DownloadError
+        Checksum mismatch (the partial file is deleted), host unreachable, HTTP error.
+    """
+    target = Path(target)
+    if target.exists():
+        if _problem(target, sha256, git_blob_sha1, size) is None:
+            return "cached"
+        log.warning("%s does not match its checksum; downloading it again", target)
+        target.unlink()
+    part = target.with_name(target.name + ".part")
+    progress = progress if progress is not None else _NoProgress()
+    status = _fetch_with_retries(url, part, progress)
+    if status == "missing":
+        return "missing"
+    problem = _problem(part, sha256, git_blob_sha1, size)
+    if problem and status == "resumed":  # the two halves may come from different versions: once more from zero
+        part.unlink()
+        status = _fetch_with_retries(url, part, progress)
+        problem = "gone from the source" if status == "missing" else _problem(part, sha256, git_blob_sha1, size)
+    if problem:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{target.name}: checksum mismatch ({problem}); the download was deleted. Source: {url}")
+    os.replace(part, target)
+    return "downloaded"
+
+
+def _fetch_with_retries(url: str, part: Path, progress) -> str:
+    """``"fresh"``, ``"resumed"`` (part of the bytes came from an earlier attempt) or ``"missing"``."""
+    resumed = part.exists()
+    for attempt in range(RETRIES + 1):
+        try:
+            return ("resumed" if resumed else "fresh") if _fetch(url, part, progress) else "missing"
+        except (OSError, http.client.HTTPException) as err:
+            if attempt == RETRIES:
+                unreachable = isinstance(err, (URLError, TimeoutError)) and not isinstance(err, HTTPError)
+                reason = f"cannot reach {urlparse(url).netloc}" if unreachable else f"downloading {url} failed ({err})"
+                raise DownloadError(f"{reason}: {_OFFLINE_HINT}", network=True) from None
+            resumed = resumed or part.exists()
+            log.info("attempt %d for %s failed (%s); retrying", attempt + 1, url, err)
+            time.sleep(BACKOFF_S * 2**attempt)
+    raise AssertionError("the loop returns or raises")
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- archives
+
+
+def _check_member(name: str, root: Path, archive: Path) -> None:
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in posix.parts:
+        raise MSToolkitInputError(
+            f"Unsafe archive {archive.name}: member '{name}' has an absolute path or '..'; refusing to extract."
+        )
+    if not (root / posix).resolve().is_relative_to(root):
+        raise MSToolkitInputError(f"Unsafe archive {archive.name}: member '{name}' would be written outside {root}.")
+
+
+def _check_link(name: str, target: str, root: Path, archive: Path, *, hard: bool) -> None:
+    base = root if hard else (root / PurePosixPath(name)).parent
+    if PurePosixPath(target).is_absolute() or not (base / target).resolve().is_relative_to(root):
+        raise MSToolkitInputError(
+            f"Unsafe archive {archive.name}: link '{name}' -> '{target}' points outside the archive."
+        )
+
+
+def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract a zip or tar archive into ``dest`` after checking every member.
+
+    Absolute paths, ``..`` components, links that point outside ``dest`` and
+    special files (devices, FIFOs) are refused before anything is written.
+    """
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _check_member(info.filename, root, archive)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    _check_link(info.filename, zf.read(info).decode(), root, archive, hard=False)
+            zf.extractall(dest)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for member in members:
+                _check_member(member.name, root, archive)
+                if member.issym() or member.islnk():
+                    _check_link(member.name, member.linkname, root, archive, hard=member.islnk())
+                elif not (member.isfile() or member.isdir()):
+                    raise MSToolkitInputError(f"Unsafe archive {archive.name}: '{member.name}' is a special file.")
+            # the standard library's own 'data' filter is a second line of defence
+            options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            try:
+                tf.extractall(dest, members=members, **options)
+            except tarfile.TarError as err:  # includes the filter's refusals
+                raise MSToolkitInputError(f"Unsafe or damaged archive {archive.name}: {err}") from None
+    else:
+        raise MSToolkitInputError(f"'{archive}' is neither a zip nor a tar archive.")
+    return dest
+
+
+# --------------------------------------------------------------------------- writing a dataset
+
+
+def _place(source: Path, target: Path, *, move: bool) -> None:
+    """Put ``source`` at ``target`` (atomically): gzip ``.nii``, else move, hard-link or copy."""
+    if target.exists() and os.path.samefile(source, target):
+        return  # already linked by an earlier run
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".part")
+    if source.suffix == ".nii" and target.name.endswith(".nii.gz"):
+        with open(source, "rb") as src, gzip.open(temporary, "wb", compresslevel=6) as out:
+            shutil.copyfileobj(src, out, _CHUNK)
+    elif move:
+        os.replace(source, target)
+        return
+    else:
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(source, temporary)  # same bytes, no extra disk space
+        except OSError:
+            shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".part")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _write_about(dest: Path, manifest: dict, note: str = "") -> None:
+    """LICENSE.md and CITATION.md beside the data, and a BIDS dataset_description.json."""
+    dest.mkdir(parents=True, exist_ok=True)
+    source = manifest.get("homepage", "")
+    _write_text(dest / "LICENSE.md", f"# Licence of {manifest['name']}\n\n{manifest['licence']}\n\nSource: {source}\n")
+    cites = "\n".join(f"- {c}" for c in manifest["citation"])
+    _write_text(dest / "CITATION.md", f"# Cite {manifest['name']}\n\nAny work using these data must cite:\n\n{cites}\n")
+    if note:
+        description = {
+            "Name": f"{manifest['name']} ({note})",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "License": manifest["licence"],
+            "HowToAcknowledge": " ".join(manifest["citation"]),
+            "ReferencesAndLinks": [source],
+            "GeneratedBy": [{"Name": "mstoolkit", "Version": __version__, "Description": note}],
+            "SourceDatasets": [{"URL": source, "Version": manifest.get("commit", "")}],
+        }
+        _write_text(dest / "dataset_description.json", json.dumps(description, indent=2) + "\n")
+
+
+def _write_participants(dest: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, columns, delimiter="\t", restval="n/a", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: r["participant_id"]))
+    _write_text(dest / "participants.tsv", table.getvalue())
+
+
+# --------------------------------------------------------------------------- open_ms_data
+
+
+# upstream file names (glob patterns, without .nii.gz) → toolkit keys, per subset folder
+_CROSS_SECTIONAL = {
+    "FLAIR": "FLAIR", "T1": "T1W", "T1CE": "T1WKS", "T2": "T2W", "mask": "consensus_gt", "brain_mask": "brainmask",
+}
+_OPEN_MS_FILES = {
+    ("cross_sectional", "MNI"): {
+        None: {"FLAIR": "FLAIR_*", "T1": "T1_*", "T1CE": "T1POST_*", "T2": "T2_*", "mask": "GOLD_STANDARD_*"}
+    },
+    ("cross_sectional", "coregistered"): {None: _CROSS_SECTIONAL},
+    ("cross_sectional", "coregistered_resampled"): {None: _CROSS_SECTIONAL},
+    # two studies per patient on one common grid; gt is the lesion CHANGE between them
+    ("longitudinal", "coregistered"): {
+        f"ses-0{k}": {
+            "FLAIR": f"study{k}_FLAIR", "T1": f"study{k}_T1W", "T2": f"study{k}_T2W", "brain_mask": "brainmask",
+        }
+        for k in (1, 2)
+    },
+}
+# raw subsets are not converted: their sequences are on different grids (as acquired)
+
+
+def _patient_table(csv_path: Path) -> dict[int, dict]:
+    if not csv_path.is_file():
+        return {}
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        return {int(row.pop("patient_id")): row for row in csv.DictReader(handle)}
+
+
+def _convert_open_ms(dest: Path, group: str, space: str, manifest: dict) -> Path | None:
+    """Index one downloaded subset as BIDS-like cases in ``dest/bids/SUBSET`` (hard links, no copies)."""
+    out = dest / "bids" / f"{group}_{space.lower()}"
+    table = _patient_table(dest / group / "patient_info.csv")
+    rows = []
+    for patient in sorted((dest / group / space).glob("patient*")):
+        number = _patient_number(patient.name)
+        subject = f"sub-{number:02d}"
+        pairs = []  # (upstream file, toolkit path)
+        for session, names in _OPEN_MS_FILES[group, space].items():
+            paths = bids_paths(out, subject, session)
+            for key, pattern in names.items():
+                if found := sorted(patient.glob(f"{pattern}.nii.gz")):
+                    pairs.append((found[0], paths[key]))
+        if group == "longitudinal" and (patient / "gt.nii.gz").is_file():
+            pairs.append((patient / "gt.nii.gz", out / subject / f"{subject}_label-change_mask.nii.gz"))
+        # the sample keeps masks of patients whose images it lacks: those are no case
+        if any("_mask" not in target.name for _, target in pairs):
+            for source, target in pairs:
+                _place(source, target, move=False)
+            source_id = f"{group}/{space}/{patient.name}"
+            rows.append({"participant_id": subject, "source_id": source_id, **table.get(number, {})})
+    if not rows:
+        return None
+    _write_about(out, manifest, note=f"{group}/{space} indexed into the toolkit layout")
+    _write_participants(out, rows)
+    return out
+
+
+def _base_url(mirror: str | None, default: str) -> str:
+    if mirror is None:
+        return default
+    if "://" not in mirror and Path(mirror).is_dir():
+        return Path(mirror).resolve().as_uri() + "/"
+    scheme = urlparse(mirror).scheme
+    if scheme not in ("http", "https", "file"):
+        raise MSToolkitInputError(f"'--mirror' must start with http://, https:// or file://, got '{mirror}'.")
+    if scheme == "file" and not Path(url2pathname(urlparse(mirror).path)).is_dir():
+        raise MSToolkitInputError(f"Mirror folder '{url2pathname(urlparse(mirror).path)}' does not exist.")
+    return mirror.rstrip("/") + "/"
+
+
+def download_dataset(
+    name: str = "open_ms_data",
+    dest: str | os.PathLike | None = None,
+    *,
+    subsets: list[str] | None = None,
+    patients: list | None = None,
+    mirror: str | None = None,
+    convert: bool = True,
+) -> DownloadReport:
+    """Download (the chosen part of) a public dataset, verify it and index it as cases.
+
+    Files keep their upstream paths under ``dest`` (so ``dest`` can itself serve
+    as a mirror); with ``convert`` the co-registered subsets are also laid out
+    as BIDS-like cases in ``dest/bids/SUBSET`` by hard links. Files a partial
+    mirror lacks are reported in ``report.missing``; corrupted files in
+    ``report.failed``. Introduced in notebook 01.
+
+    Parameters
+    ----------
+    name : str
+        ``"open_ms_data"`` (``mslesseg`` goes through :func:`import_dataset`).
+    dest : path, optional
+        Defaults to :func:`dataset_dir`.
+    subsets : list of str, optional
+        e.g. ``["cross_sectional_mni", "longitudinal_coregistered"]`` or ``["all"]``.
+    patients : list, optional
+        Patient numbers (``7`` or ``"patient07"``).
+    mirror : str, optional
+        Base URL (``http(s)://`` or ``file://``) or folder replacing the upstream one.
+    """
+    manifest = load_manifest(name)
+    if "files" not in manifest:
+        raise MSToolkitInputError(
+            f"'{name}' is not downloaded file by file; use `mstoolkit data download {name}`."
+        )
+    from tqdm.auto import tqdm
+
+    dest = Path(dest) if dest is not None else dataset_dir(name)
+    entries = select_files(manifest, subsets=subsets, patients=patients)
+    base = _base_url(mirror, manifest["base_url"])
+    report = DownloadReport(dest=dest)
+    known = sum(e["bytes"] or 0 for e in entries)
+    with tqdm(total=known or None, unit="B", unit_scale=True, desc=name, leave=False) as bar:
+        for entry in entries:
+            path = entry["path"]
+            try:
+                status = download_file(base + quote(path), dest / path, sha256=entry["sha256"],
+                                       git_blob_sha1=entry["git_blob_sha1"], size=entry["bytes"], progress=bar)
+            except DownloadError as err:
+                if err.network:  # the next files come from the same host: stop here
+                    raise
+                report.failed[path] = str(err)
+                continue
+            {"cached": report.cached, "downloaded": report.downloaded, "missing": report.missing}[status].append(path)
+    _write_about(dest, manifest)
+    if convert:
+        folders = {tuple(e["path"].split("/")[:2]) for e in entries if _subset_of(e["path"])}
+        for group, space in sorted(folders & set(_OPEN_MS_FILES)):
+            if (folder := _convert_open_ms(dest, group, space, manifest)) is not None:
+                report.converted[f"{group}_{space.lower()}"] = folder
+    return report
+
+
+# --------------------------------------------------------------------------- importing archives
+
+
+def _find(root: Path, pattern: str) -> list[tuple[re.Match, Path]]:
+    """Files under ``root`` whose '/'-joined relative path matches ``pattern`` at its end."""
+    regex = re.compile(pattern + r"$", re.IGNORECASE)
+    found = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if "__MACOSX" not in relative.parts and path.is_file() and (match := regex.search(relative.as_posix())):
+            found.append((match, path))
+    return found
+
+
+def _import_mslesseg(root: Path, out: Path, move: bool) -> list[dict]:
+    keys = {"FLAIR": "FLAIR", "T1": "T1", "T2": "T2", "MASK": "mask"}
+    rows = {}
+    pattern = r"(train|test)/P(\d+)/(?:T(\d+)/)?P\2_(?:T\3_)?(FLAIR|T1|T2|MASK)\.nii\.gz"
+    for match, path in _find(root, pattern):
+        split, number, timepoint, kind = match.groups()
+        subject = f"sub-P{int(number):02d}"
+        session = f"ses-{int(timepoint):02d}" if timepoint else None
+        _place(path, bids_paths(out, subject, session)[keys[kind.upper()]], move=move)
+        rows[subject] = {"participant_id": subject, "source_id": f"P{int(number)}", "split": split.lower()}
+    return list(rows.values())
+
+
+def _import_isbi2015(root: Path, out: Path, move: bool) -> list[dict]:
+    keys = {"flair": "FLAIR", "mprage": "T1", "t2": "T2"}
+    rows = {}
+    pattern = r"(?:^|/)(training|test)(\d+)_(\d+)_(flair|mprage|t2|pd|mask1|mask2)(?:_pp)?\.nii(?:\.gz)?"
+    for match, path in _find(root, pattern):
+        split, number, timepoint, kind = match.groups()
+        if not kind.lower().startswith("mask") and "_pp." not in path.name:
+            continue  # the 'orig' folder holds the unprocessed scans, on other grids
+        subject, session = f"sub-{split.lower()}{number}", f"ses-{timepoint}"
+        paths = bids_paths(out, subject, session)
+        anat, stem = paths["FLAIR"].parent, f"{subject}_{session}"
+        target = {
+            "pd": anat / f"{stem}_PDw.nii.gz",
+            "mask1": paths["mask"],  # rater 1 is the toolkit's mask; rater 2 is kept beside it
+            "mask2": anat / f"{stem}_label-lesion_desc-rater2_mask.nii.gz",
+        }.get(kind.lower()) or paths[keys[kind.lower()]]
+        _place(path, target, move=move)
+        rows[subject] = {"participant_id": subject, "source_id": f"{split}{number}", "split": split.lower()}
+    return list(rows.values())
+
+
+def _import_msseg1(root: Path, out: Path, move: bool) -> list[dict]:
+    keys = {"flair_preprocessed": "FLAIR", "t1_preprocessed": "T1", "gado_preprocessed": "T1CE",
+            "t2_preprocessed": "T2", "consensus": "mask", "brain_mask": "brain_mask"}
+    rows = {}
+    pattern = r"(?:(train\w*|test\w*)/)?(?:center_(\d+)/)?([\w-]+)/(preprocessed_data|masks)/(\w+)\.nii\.gz"
+    for match, path in _find(root, pattern):
+        split, center, patient, _, kind = match.groups()
+        label = re.sub(r"[^A-Za-z0-9]", "", re.sub(r"(?i)^patient", "P", patient))
+        prefix = {"tr": "train", "te": "test"}.get((split or "")[:2].lower(), "")
+        subject = f"sub-{prefix}{f'C{center}' if center else ''}{label}"
+        paths = bids_paths(out, subject)
+        target = paths.get(keys.get(kind.lower(), ""))
+        if kind.lower() == "dp_preprocessed":
+            target = paths["FLAIR"].with_name(f"{subject}_PDw.nii.gz")
+        elif (rater := re.fullmatch(r"manualsegmentation_(\d+)", kind.lower())):
+            target = paths["mask"].with_name(f"{subject}_label-lesion_desc-rater{rater.group(1)}_mask.nii.gz")
+        if target is not None:
+            _place(path, target, move=move)
+            rows[subject] = {"participant_id": subject, "source_id": path.parent.parent.relative_to(root).as_posix()}
+    return list(rows.values())
+
+
+def _import_msseg2(root: Path, out: Path, move: bool) -> list[dict]:
+    rows = {}
+    pattern = r"([\w-]+)/(flair_time0([12])_on_middle_space|ground_truth(?:_expert(\d))?)\.nii\.gz"
+    for match, path in _find(root, pattern):
+        patient, kind, time_point, expert = match.groups()
+        subject = f"sub-{re.sub(r'[^A-Za-z0-9]', '', patient)}"
+        if time_point:
+            target = bids_paths(out, subject, f"ses-0{time_point}")["FLAIR"]
+        else:
+            desc = f"_desc-expert{expert}" if expert else ""
+            target = out / subject / f"{subject}_label-change{desc}_mask.nii.gz"
+        _place(path, target, move=move)
+        rows[subject] = {"participant_id": subject, "source_id": patient}
+    return list(rows.values())
+
+
+_IMPORTERS = {
+    "mslesseg": _import_mslesseg, "isbi2015": _import_isbi2015, "msseg1": _import_msseg1, "msseg2": _import_msseg2,
+}
+
+
+def import_dataset(name: str, source: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Convert a dataset you downloaded yourself (archive or folder) into the toolkit layout.
+
+    Images are neither resampled nor reoriented (loading does that); files are
+    moved out of a freshly extracted archive, or hard-linked/copied from a
+    folder (your folder is left untouched). Uncompressed ``.nii`` are gzipped.
+    ``open_ms_data`` accepts a copy of its repository and verifies every file.
+    Introduced in notebook 01.
+    """
+    source, dest = Path(source), Path(dest)
+    if not source.exists():
+        raise FileNotFoundError(f"'{source}' does not exist: pass the archive or folder you downloaded.")
+    manifest = load_manifest(name)
+    scratch = dest / f".import-{name}.tmp"
+    try:
+        if source.is_file():
+            root, move = extract_archive(source, scratch), True
+            for inner in sorted(root.rglob("*.zip")):  # figshare wraps the dataset zip in another zip
+                extract_archive(inner, inner.with_suffix(""))
+        else:
+            root, move = source, False
+        if name == "open_ms_data":  # a copy of the repository: treat it as a mirror, verify every file
+            tops = [p.parent for p in sorted(root.rglob("*")) if p.name in ("cross_sectional", "longitudinal")]
+            report = download_dataset(name, dest, subsets=["all"], mirror=str(tops[0] if tops else root))
+            if report.failed:
+                raise DownloadError("; ".join(f"{path}: {why}" for path, why in report.failed.items()))
+            return dest
+        rows = _IMPORTERS[name](root, dest, move)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if not rows:
+        raise MSToolkitInputError(f"No {name} images found in '{source}'. Expected: {manifest['layout']}.")
+    _write_about(dest, manifest, note=f"imported from {source.name}")
+    _write_participants(dest, rows)
+    return dest
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _print_about(manifest: dict, dest: Path) -> None:
+    print(f"Licence: {manifest['licence']}")
+    print("Cite:\n" + "\n".join(f"  - {c}" for c in manifest["citation"]))
+    print(f"(saved in {dest / 'LICENSE.md'} and {dest / 'CITATION.md'})")
+
+
+def cli_list(args) -> int:
+    """``mstoolkit data list``: the datasets, how to get them, their licence."""
+    for name in DATASETS:
+        manifest = load_manifest(name)
+        access = "register, then `data import`" if manifest["registration_required"] else "`data download`"
+        print(f"{name:13s} {access:29s} {manifest['title']}\n{'':13s} licence: {manifest['licence']}")
+    return 0
+
+
+def cli_download(args) -> int:
+    """``mstoolkit data download NAME``: fetch, verify, index; or print the registration steps."""
+    manifest = load_manifest(args.name)
+    dest = Path(args.dest) if args.dest else dataset_dir(args.name)
+    if manifest["registration_required"]:
+        print(f"{args.name} needs registration; it cannot be downloaded automatically. Steps:")
+        print("\n".join(f"  {i}. {step}" for i, step in enumerate(manifest["steps"], 1)))
+        return 1
+    if args.name != "open_ms_data" and (args.subset or args.patients):
+        raise MSToolkitInputError(f"'--subset' and '--patients' apply to open_ms_data only, not to {args.name}.")
+    try:
+        if args.name == "mslesseg":
+            archive = manifest["archive"]
+            url = _base_url(args.mirror, "") + quote(archive["filename"]) if args.mirror else archive["url"]
+            target = dest / "download" / archive["filename"]
+            if download_file(url, target, sha256=archive["sha256"], size=archive["bytes"]) == "missing":
+                raise DownloadError(f"{url} not found")
+            if not archive["sha256"]:
+                print(f"note: no checksum is pinned for '{archive['filename']}' in mslesseg.json; "
+                      f"its SHA-256 is {file_digest(target)}", file=sys.stderr)
+            import_dataset(args.name, target, dest)
+        else:
+            report = download_dataset(args.name, dest, subsets=args.subset, patients=args.patients,
+                                      mirror=args.mirror, convert=not args.no_convert)
+    except DownloadError as err:
+        print(f"mstoolkit data download: error: {err}", file=sys.stderr)
+        return 1
+    if args.name != "mslesseg":
+        print(f"{args.name}: {len(report.downloaded)} downloaded, {len(report.cached)} already present, "
+              f"{len(report.missing)} not available, {len(report.failed)} failed → {dest}")
+        if report.missing:
+            more = len(report.missing) - 10
+            shown = "\n  ".join(report.missing[:10]) + (f"\n  … and {more} more" if more > 0 else "")
+            print(f"Not available from {args.mirror or 'upstream'} (skipped):\n  {shown}", file=sys.stderr)
+        for path, problem in report.failed.items():
+            print(f"FAILED {path}: {problem}", file=sys.stderr)
+        if (dest / "cross_sectional" / "MNI").is_dir():
+            print(f"notebooks: DATASET = 'open_ms_data', DATA_DIR = '{dest}' (cross-sectional MNI cases)")
+        for subset, folder in report.converted.items():
+            print(f"toolkit layout ({subset}): DATA_DIR = '{folder}'")
+        if report.failed or (report.missing and not args.mirror):
+            return 1
+    _print_about(manifest, dest)
+    return 0
+
+
+def cli_import(args) -> int:
+    """``mstoolkit data import NAME PATH --dest DIR``: convert what you downloaded."""
+    try:
+        dest = import_dataset(args.name, args.path, args.dest)
+    except DownloadError as err:
+        print(f"mstoolkit data import: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.name} imported into {dest} (DATA_DIR = '{dest}')")
+    _print_about(load_manifest(args.name), dest)
+    return 0
