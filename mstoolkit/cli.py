@@ -37,7 +37,12 @@ def _add_doctor(sub) -> None:
 
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="generate the phantom, list/download/import public datasets")
-    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{phantom,list,download,import}")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{phantom,prepare,list,download,import}")
+
+    p = dsub.add_parser("prepare", help="build the phantom data the notebooks use (before a workshop, on Binder)")
+    p.add_argument("--profile", default="workshop", choices=["quick", "workshop", "full"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_handler("datasets", "cli_prepare"))
 
     p = dsub.add_parser("phantom", help="generate the synthetic MS phantom dataset")
     p.add_argument("--out", required=True, help="output folder (BIDS-like layout)")
@@ -57,8 +62,11 @@ def _add_data(sub) -> None:
     p = dsub.add_parser("download", help="download a public dataset (checksummed, resumable)")
     p.add_argument("name", help="dataset name, see `mstoolkit data list`")
     p.add_argument("--dest", default=None, help="destination folder (default: $MSTOOLKIT_DATA/NAME)")
-    p.add_argument("--subset", nargs="+", default=None, help="dataset-specific subsets")
-    p.add_argument("--patients", nargs="+", default=None, help="patient ids to fetch")
+    p.add_argument("--subset", nargs="+", default=None,
+                   help="open_ms_data: cross_sectional_mni (default), cross_sectional_coregistered, "
+                        "cross_sectional_coregistered_resampled, cross_sectional_raw, longitudinal_coregistered, "
+                        "longitudinal_raw, or all")
+    p.add_argument("--patients", nargs="+", default=None, help="patient numbers to fetch, e.g. 7 26 or patient07")
     p.add_argument("--mirror", default=None, help="base URL replacing the upstream one (http(s):// or file://)")
     p.add_argument("--no-convert", action="store_true", help="keep the upstream layout only")
     p.set_defaults(run=_handler("download", "cli_download"))
@@ -67,7 +75,7 @@ def _add_data(sub) -> None:
     p.add_argument("name", help="dataset name, see `mstoolkit data list`")
     p.add_argument("path", help="the archive or folder you downloaded")
     p.add_argument("--dest", required=True, help="destination folder")
-    p.set_defaults(run=_handler("download", "cli_import"))
+    p.set_defaults(run=_handler("importers", "cli_import"))
 
 
 def _add_notebooks(sub) -> None:
@@ -96,8 +104,12 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--affine", action="store_true", help="affine instead of rigid registration")
     p.add_argument("--n4", action="store_true", help="N4 bias-field correction")
     p.add_argument("--skull-strip", action="store_true", help="atlas-based skull stripping")
-    p.add_argument("--normalize", choices=["zscore", "percentile", "nyul"], default=None)
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
+    p.add_argument("--normalize", choices=["zscore", "percentile", "nyul"], default=None,
+                   help="intensity normalisation (within the brain mask with --skull-strip)")
+    p.add_argument("--landmarks", default=None,
+                   help="JSON file with {\"landmarks\": [...]} from preprocess.nyul_landmarks (for --normalize nyul)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="resample to this voxel size in mm (not with --reference)")
     p.set_defaults(run=_handler("preprocess", "cli_preprocess"))
 
 
@@ -142,8 +154,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--min-lesion-mm3", type=float, default=0.0)
     p.add_argument("--hd-mode", default="max_directed", choices=["max_directed", "pooled"])
     p.add_argument("--json", action="store_true", help="print JSON (one pair)")
-    p.add_argument("--out", default=None, help="write the cohort CSV here")
-    p.set_defaults(run=_handler("metrics", "cli_evaluate"))
+    p.add_argument("--out", default=None, help="write the result here (cohort: CSV; one pair: text, or JSON with --json)")
+    p.set_defaults(run=_handler("report", "cli_evaluate"))
 
 
 def build_parser() -> argparse.ArgumentParser:

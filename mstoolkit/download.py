@@ -51,10 +51,8 @@ __all__ = [
     "extract_archive",
     "select_files",
     "download_dataset",
-    "import_dataset",
     "cli_list",
     "cli_download",
-    "cli_import",
 ]
 
 log = logging.getLogger(__name__)
@@ -516,7 +514,7 @@ def download_dataset(
     Parameters
     ----------
     name : str
-        ``"open_ms_data"`` (``mslesseg`` goes through :func:`import_dataset`).
+        ``"open_ms_data"`` (``mslesseg`` goes through :func:`mstoolkit.importers.import_dataset`).
     dest : path, optional
         Defaults to :func:`dataset_dir`.
     subsets : list of str, optional
@@ -559,134 +557,6 @@ def download_dataset(
     return report
 
 
-# --------------------------------------------------------------------------- importing archives
-
-
-def _find(root: Path, pattern: str) -> list[tuple[re.Match, Path]]:
-    """Files under ``root`` whose '/'-joined relative path matches ``pattern`` at its end."""
-    regex = re.compile(pattern + r"$", re.IGNORECASE)
-    found = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if "__MACOSX" not in relative.parts and path.is_file() and (match := regex.search(relative.as_posix())):
-            found.append((match, path))
-    return found
-
-
-def _import_mslesseg(root: Path, out: Path, move: bool) -> list[dict]:
-    keys = {"FLAIR": "FLAIR", "T1": "T1", "T2": "T2", "MASK": "mask"}
-    rows = {}
-    pattern = r"(train|test)/P(\d+)/(?:T(\d+)/)?P\2_(?:T\3_)?(FLAIR|T1|T2|MASK)\.nii\.gz"
-    for match, path in _find(root, pattern):
-        split, number, timepoint, kind = match.groups()
-        subject = f"sub-P{int(number):02d}"
-        session = f"ses-{int(timepoint):02d}" if timepoint else None
-        _place(path, bids_paths(out, subject, session)[keys[kind.upper()]], move=move)
-        rows[subject] = {"participant_id": subject, "source_id": f"P{int(number)}", "split": split.lower()}
-    return list(rows.values())
-
-
-def _import_isbi2015(root: Path, out: Path, move: bool) -> list[dict]:
-    keys = {"flair": "FLAIR", "mprage": "T1", "t2": "T2"}
-    rows = {}
-    pattern = r"(?:^|/)(training|test)(\d+)_(\d+)_(flair|mprage|t2|pd|mask1|mask2)(?:_pp)?\.nii(?:\.gz)?"
-    for match, path in _find(root, pattern):
-        split, number, timepoint, kind = match.groups()
-        if not kind.lower().startswith("mask") and "_pp." not in path.name:
-            continue  # the 'orig' folder holds the unprocessed scans, on other grids
-        subject, session = f"sub-{split.lower()}{number}", f"ses-{timepoint}"
-        paths = bids_paths(out, subject, session)
-        anat, stem = paths["FLAIR"].parent, f"{subject}_{session}"
-        target = {
-            "pd": anat / f"{stem}_PDw.nii.gz",
-            "mask1": paths["mask"],  # rater 1 is the toolkit's mask; rater 2 is kept beside it
-            "mask2": anat / f"{stem}_label-lesion_desc-rater2_mask.nii.gz",
-        }.get(kind.lower()) or paths[keys[kind.lower()]]
-        _place(path, target, move=move)
-        rows[subject] = {"participant_id": subject, "source_id": f"{split}{number}", "split": split.lower()}
-    return list(rows.values())
-
-
-def _import_msseg1(root: Path, out: Path, move: bool) -> list[dict]:
-    keys = {"flair_preprocessed": "FLAIR", "t1_preprocessed": "T1", "gado_preprocessed": "T1CE",
-            "t2_preprocessed": "T2", "consensus": "mask", "brain_mask": "brain_mask"}
-    rows = {}
-    pattern = r"(?:(train\w*|test\w*)/)?(?:center_(\d+)/)?([\w-]+)/(preprocessed_data|masks)/(\w+)\.nii\.gz"
-    for match, path in _find(root, pattern):
-        split, center, patient, _, kind = match.groups()
-        label = re.sub(r"[^A-Za-z0-9]", "", re.sub(r"(?i)^patient", "P", patient))
-        prefix = {"tr": "train", "te": "test"}.get((split or "")[:2].lower(), "")
-        subject = f"sub-{prefix}{f'C{center}' if center else ''}{label}"
-        paths = bids_paths(out, subject)
-        target = paths.get(keys.get(kind.lower(), ""))
-        if kind.lower() == "dp_preprocessed":
-            target = paths["FLAIR"].with_name(f"{subject}_PDw.nii.gz")
-        elif (rater := re.fullmatch(r"manualsegmentation_(\d+)", kind.lower())):
-            target = paths["mask"].with_name(f"{subject}_label-lesion_desc-rater{rater.group(1)}_mask.nii.gz")
-        if target is not None:
-            _place(path, target, move=move)
-            rows[subject] = {"participant_id": subject, "source_id": path.parent.parent.relative_to(root).as_posix()}
-    return list(rows.values())
-
-
-def _import_msseg2(root: Path, out: Path, move: bool) -> list[dict]:
-    rows = {}
-    pattern = r"([\w-]+)/(flair_time0([12])_on_middle_space|ground_truth(?:_expert(\d))?)\.nii\.gz"
-    for match, path in _find(root, pattern):
-        patient, kind, time_point, expert = match.groups()
-        subject = f"sub-{re.sub(r'[^A-Za-z0-9]', '', patient)}"
-        if time_point:
-            target = bids_paths(out, subject, f"ses-0{time_point}")["FLAIR"]
-        else:
-            desc = f"_desc-expert{expert}" if expert else ""
-            target = out / subject / f"{subject}_label-change{desc}_mask.nii.gz"
-        _place(path, target, move=move)
-        rows[subject] = {"participant_id": subject, "source_id": patient}
-    return list(rows.values())
-
-
-_IMPORTERS = {
-    "mslesseg": _import_mslesseg, "isbi2015": _import_isbi2015, "msseg1": _import_msseg1, "msseg2": _import_msseg2,
-}
-
-
-def import_dataset(name: str, source: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Convert a dataset you downloaded yourself (archive or folder) into the toolkit layout.
-
-    Images are neither resampled nor reoriented (loading does that); files are
-    moved out of a freshly extracted archive, or hard-linked/copied from a
-    folder (your folder is left untouched). Uncompressed ``.nii`` are gzipped.
-    ``open_ms_data`` accepts a copy of its repository and verifies every file.
-    Introduced in notebook 01.
-    """
-    source, dest = Path(source), Path(dest)
-    if not source.exists():
-        raise FileNotFoundError(f"'{source}' does not exist: pass the archive or folder you downloaded.")
-    manifest = load_manifest(name)
-    scratch = dest / f".import-{name}.tmp"
-    try:
-        if source.is_file():
-            root, move = extract_archive(source, scratch), True
-            for inner in sorted(root.rglob("*.zip")):  # figshare wraps the dataset zip in another zip
-                extract_archive(inner, inner.with_suffix(""))
-        else:
-            root, move = source, False
-        if name == "open_ms_data":  # a copy of the repository: treat it as a mirror, verify every file
-            tops = [p.parent for p in sorted(root.rglob("*")) if p.name in ("cross_sectional", "longitudinal")]
-            report = download_dataset(name, dest, subsets=["all"], mirror=str(tops[0] if tops else root))
-            if report.failed:
-                raise DownloadError("; ".join(f"{path}: {why}" for path, why in report.failed.items()))
-            return dest
-        rows = _IMPORTERS[name](root, dest, move)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if not rows:
-        raise MSToolkitInputError(f"No {name} images found in '{source}'. Expected: {manifest['layout']}.")
-    _write_about(dest, manifest, note=f"imported from {source.name}")
-    _write_participants(dest, rows)
-    return dest
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -725,6 +595,8 @@ def cli_download(args) -> int:
             if not archive["sha256"]:
                 print(f"note: no checksum is pinned for '{archive['filename']}' in mslesseg.json; "
                       f"its SHA-256 is {file_digest(target)}", file=sys.stderr)
+            from .importers import import_dataset  # importers builds on this module
+
             import_dataset(args.name, target, dest)
         else:
             report = download_dataset(args.name, dest, subsets=args.subset, patients=args.patients,
@@ -748,16 +620,4 @@ def cli_download(args) -> int:
         if report.failed or (report.missing and not args.mirror):
             return 1
     _print_about(manifest, dest)
-    return 0
-
-
-def cli_import(args) -> int:
-    """``mstoolkit data import NAME PATH --dest DIR``: convert what you downloaded."""
-    try:
-        dest = import_dataset(args.name, args.path, args.dest)
-    except DownloadError as err:
-        print(f"mstoolkit data import: error: {err}", file=sys.stderr)
-        return 1
-    print(f"{args.name} imported into {dest} (DATA_DIR = '{dest}')")
-    _print_about(load_manifest(args.name), dest)
     return 0

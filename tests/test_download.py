@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mstoolkit import download
+from mstoolkit import download, importers
 from mstoolkit.cli import build_parser, main
 from mstoolkit.datasets import list_cases, load_dataset_case, real_sample_dir
 from mstoolkit.io import MSToolkitInputError, load_mask
@@ -337,7 +337,7 @@ def test_import_isbi2015_gzips_and_keeps_both_raters(tmp_path):
     data[f"._{base}/preprocessed/._training01_01_flair_pp.nii"] = b"AppleDouble"  # tar made on a Mac
     members = [tarfile.TarInfo(name) for name in data]
     dest = tmp_path / "isbi"
-    download.import_dataset("isbi2015", _tar(tmp_path / "isbi.tar.gz", members, data), dest)
+    importers.import_dataset("isbi2015", _tar(tmp_path / "isbi.tar.gz", members, data), dest)
     case = load_dataset_case(dest, "sub-training01_ses-01")
     assert set(case.images) == {"FLAIR", "T1", "T2"} and case.spacing == pytest.approx((0.9, 1.1, 3.0))
     assert np.allclose(case.images["T1"], nib.Nifti1Image.from_bytes(data[f"{base}/preprocessed/training01_01_mprage_pp.nii"]).get_fdata())
@@ -368,7 +368,7 @@ def test_import_msseg2_change_masks(tmp_path):
     members["training/013/ground_truth.nii.gz"] = _nifti(0.0, mask=True)
     members["training/013/ground_truth_expert1.nii.gz"] = _nifti(0.1, mask=True)
     dest = tmp_path / "msseg2"
-    download.import_dataset("msseg2", _zip(tmp_path / "m.zip", members), dest)
+    importers.import_dataset("msseg2", _zip(tmp_path / "m.zip", members), dest)
     assert [c.case_id for c in list_cases(dest)] == ["sub-013_ses-01", "sub-013_ses-02"]
     assert (dest / "sub-013" / "sub-013_label-change_mask.nii.gz").read_bytes() == members["training/013/ground_truth.nii.gz"]
     assert (dest / "sub-013" / "sub-013_label-change_desc-expert1_mask.nii.gz").exists()
@@ -376,9 +376,9 @@ def test_import_msseg2_change_masks(tmp_path):
 
 def test_import_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="'.*nothing.zip' does not exist"):
-        download.import_dataset("isbi2015", tmp_path / "nothing.zip", tmp_path / "d")
+        importers.import_dataset("isbi2015", tmp_path / "nothing.zip", tmp_path / "d")
     with pytest.raises(MSToolkitInputError, match="No isbi2015 images found in .*training/trainingNN/preprocessed"):
-        download.import_dataset("isbi2015", _zip(tmp_path / "empty.zip", {"readme.txt": b"hi"}), tmp_path / "d")
+        importers.import_dataset("isbi2015", _zip(tmp_path / "empty.zip", {"readme.txt": b"hi"}), tmp_path / "d")
 
 
 def test_registration_datasets_print_the_steps(capsys):
