@@ -136,7 +136,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--skull-strip", action="store_true", help="skull-strip the inputs first")
     p.add_argument("--register", action="store_true", help="register T1/T2 to the FLAIR first")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=None, help="probability cut-off (default: the model's, else 0.5)")
     p.add_argument("--min-lesion-mm3", type=float, default=None)
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.set_defaults(run=_handler("inference", "cli_segment"))

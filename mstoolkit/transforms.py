@@ -1,0 +1,299 @@
+"""MONAI transform pipelines for training and validation, and named data augmentations.
+
+A pipeline works on a dictionary with one entry per sequence (``"FLAIR"``, ``"T1"`` …)
+and a ``"label"`` (the lesion mask). It returns ``{"image": (C, x, y, z), "label":
+(1, x, y, z)}`` with channels in the order of ``sequences``. Two kinds of input:
+
+* in memory (default): arrays from a :class:`~mstoolkit.io.Case`, see :func:`case_to_dict`;
+  they are already RAS+ on one grid (resample with :mod:`mstoolkit.preprocess` first);
+* files (``from_files=True``): NIfTI paths, loaded, reoriented to RAS and optionally
+  resampled by MONAI (``LoadImaged``, ``Orientationd``, ``Spacingd``).
+
+Training order: normalise each sequence (z-score over non-zero voxels), crop to the
+head, pad, draw patches centred on lesion or background voxels in the ratio
+``pos_neg`` (lesions fill ~0.1–1 % of a brain: without this, most patches hold none),
+then augment the patches (cheaper than augmenting whole volumes).
+
+Introduced in notebook 02 (preprocessing and augmentation); notebook 03 trains with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .io import Case, MSToolkitInputError
+
+__all__ = [
+    "AUGMENTATIONS",
+    "AUGMENT_LEVELS",
+    "augmentation",
+    "train_transforms",
+    "val_transforms",
+    "case_to_dict",
+    "augmentation_grid",
+]
+
+#: Named augmentations understood by :func:`augmentation`.
+AUGMENTATIONS = (
+    "flip", "affine", "elastic", "gamma", "noise", "bias_field", "low_resolution", "histogram_shift",
+)
+#: Augmentation levels of :func:`train_transforms`: which augmentations run, with what probability.
+AUGMENT_LEVELS = {
+    "none": {},
+    "standard": {"flip": 0.5, "affine": 0.2, "gamma": 0.3, "noise": 0.15, "bias_field": 0.2},
+    "strong": {"flip": 0.5, "affine": 0.3, "elastic": 0.2, "gamma": 0.3, "noise": 0.2, "bias_field": 0.3,
+               "low_resolution": 0.25, "histogram_shift": 0.2},
+}
+_LABEL = "label"
+
+
+def _nonzero(x):
+    """Foreground for cropping: every non-zero voxel (module level so DataLoader workers can pickle it)."""
+    return x != 0
+
+
+def _check_sequences(sequences: Sequence[str]) -> list[str]:
+    from .io import SEQUENCES
+
+    if isinstance(sequences, str):
+        sequences = [sequences]
+    sequences = list(sequences)
+    unknown = [s for s in sequences if s not in SEQUENCES]
+    if not sequences or unknown:
+        raise MSToolkitInputError(f"'sequences' must be names from {', '.join(SEQUENCES)}, got {sequences}.")
+    return sequences
+
+
+def augmentation(name: str, keys: Sequence[str], *, label_key: str | None = _LABEL, prob: float = 1.0):
+    """One named augmentation from the literature as a MONAI dictionary transform.
+
+    Parameters
+    ----------
+    name : one of :data:`AUGMENTATIONS`
+        Spatial (move the label too): ``flip`` (left-right), ``affine`` (rotation ±15°,
+        scaling ±10 %), ``elastic`` (smooth random deformation). Intensity (images only,
+        drawn independently per sequence, so the contrast between sequences varies as
+        between scanners): ``gamma`` (0.7–1.5), ``noise`` (Gaussian), ``bias_field``
+        (smooth multiplicative field, like an uncorrected coil), ``low_resolution``
+        (down- then up-sampling, like thick slices), ``histogram_shift`` (random
+        monotone intensity curve: contrast randomisation).
+    keys : the image keys (sequence names)
+    label_key : the label key moved with spatial augmentations (None: no label)
+    prob : probability of applying it to a sample
+
+    Introduced in notebook 02.
+
+    >>> augmentation("gamma", ["FLAIR"], prob=0.5).__class__.__name__
+    'Compose'
+    """
+    import monai.transforms as mt
+
+    keys = list(keys)
+    spatial = keys + ([label_key] if label_key else [])
+    modes = ["bilinear"] * len(keys) + (["nearest"] if label_key else [])
+    if name == "flip":
+        return mt.RandFlipd(spatial, prob=prob, spatial_axis=0)
+    if name == "affine":
+        return mt.RandAffined(spatial, prob=prob, rotate_range=(np.pi / 12,) * 3, scale_range=(0.1,) * 3,
+                              mode=modes, padding_mode="zeros")
+    if name == "elastic":
+        return mt.Rand3DElasticd(spatial, sigma_range=(6, 9), magnitude_range=(60, 120), prob=prob,
+                                 mode=modes, padding_mode="zeros")
+    per_sequence = {
+        "gamma": lambda k: mt.RandAdjustContrastd([k], prob=prob, gamma=(0.7, 1.5), retain_stats=True),
+        "noise": lambda k: mt.RandGaussianNoised([k], prob=prob, std=0.1),
+        "bias_field": lambda k: mt.RandBiasFieldd([k], prob=prob, coeff_range=(0.1, 0.3)),
+        "low_resolution": lambda k: mt.RandSimulateLowResolutiond([k], prob=prob, zoom_range=(0.4, 0.8)),
+        "histogram_shift": lambda k: mt.RandHistogramShiftd([k], prob=prob, num_control_points=(5, 12)),
+    }
+    if name not in per_sequence:
+        raise MSToolkitInputError(f"unknown augmentation {name!r}; allowed: {', '.join(AUGMENTATIONS)}.")
+    return mt.Compose([per_sequence[name](k) for k in keys])
+
+
+def _start(sequences: list[str], *, from_files: bool, spacing: Sequence[float] | None, with_label: bool) -> list:
+    """Load (or wrap arrays), orient, resample and normalise: shared by training and validation."""
+    import monai.transforms as mt
+
+    keys = sequences + ([_LABEL] if with_label else [])
+    if from_files:
+        steps = [
+            mt.LoadImaged(keys, image_only=True),
+            mt.EnsureChannelFirstd(keys),
+            mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        ]
+        if spacing is not None:
+            modes = ["bilinear"] * len(sequences) + (["nearest"] if with_label else [])
+            steps.append(mt.Spacingd(keys, pixdim=tuple(spacing), mode=modes))
+    else:
+        if spacing is not None:
+            raise MSToolkitInputError(
+                "'spacing' needs from_files=True; resample in-memory cases with mstoolkit.preprocess.resample_to_spacing."
+            )
+        steps = [mt.EnsureChannelFirstd(keys, channel_dim="no_channel")]
+    steps += [mt.EnsureTyped(keys, dtype="float32", track_meta=from_files)]
+    steps += [mt.NormalizeIntensityd(sequences, nonzero=True, channel_wise=True)]
+    return steps
+
+
+def _finish(sequences: list[str], with_label: bool) -> list:
+    import monai.transforms as mt
+
+    steps = [mt.ConcatItemsd(sequences, "image"), mt.DeleteItemsd(sequences)]
+    return steps + [mt.EnsureTyped(["image"] + ([_LABEL] if with_label else []), dtype="float32", track_meta=False)]
+
+
+def train_transforms(
+    sequences: Sequence[str] = ("FLAIR", "T1"),
+    *,
+    patch_size: Sequence[int] = (96, 96, 96),
+    pos_neg: tuple[float, float] = (1.0, 1.0),
+    num_samples: int = 2,
+    augment: str = "standard",
+    from_files: bool = False,
+    spacing: Sequence[float] | None = None,
+    seed: int | None = None,
+):
+    """The training pipeline: normalise, crop to the head, lesion-balanced patches, augmentation.
+
+    Parameters
+    ----------
+    sequences : channel order, e.g. ``("FLAIR", "T1")``
+    patch_size : (x, y, z) voxels of each training patch
+    pos_neg : relative frequency of patches centred on a lesion voxel vs a background voxel
+        (``RandCropByPosNegLabeld``); ``(1, 1)`` gives half lesion-centred patches
+    num_samples : patches drawn per volume (the pipeline returns a list of that many dicts)
+    augment : a key of :data:`AUGMENT_LEVELS`: ``"none"``, ``"standard"`` or ``"strong"``
+    from_files : input dicts hold NIfTI paths instead of arrays
+    spacing : resample to this voxel size (mm), files only
+    seed : seed of every random transform (None: MONAI's default state)
+
+    Introduced in notebook 02; used by :mod:`mstoolkit.train` (notebook 03).
+    """
+    import monai.transforms as mt
+
+    sequences = _check_sequences(sequences)
+    if augment not in AUGMENT_LEVELS:
+        raise MSToolkitInputError(f"'augment' must be one of {', '.join(AUGMENT_LEVELS)}, got {augment!r}.")
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != 3 or min(patch) < 1:
+        raise MSToolkitInputError(f"'patch_size' must be 3 positive integers, got {tuple(patch_size)}.")
+    if len(pos_neg) != 2 or min(pos_neg) < 0 or sum(pos_neg) <= 0:
+        raise MSToolkitInputError(f"'pos_neg' must be two non-negative numbers, not both 0, got {tuple(pos_neg)}.")
+    keys = sequences + [_LABEL]
+    steps = _start(sequences, from_files=from_files, spacing=spacing, with_label=True)
+    steps += [
+        mt.CropForegroundd(keys, source_key=sequences[0], select_fn=_nonzero, margin=4, allow_smaller=True,
+                           start_coord_key=None, end_coord_key=None),
+        mt.SpatialPadd(keys, spatial_size=patch),
+        mt.RandCropByPosNegLabeld(keys, label_key=_LABEL, spatial_size=patch, pos=pos_neg[0], neg=pos_neg[1],
+                                  num_samples=int(num_samples), allow_smaller=True),
+    ]
+    steps += [augmentation(name, sequences, prob=p) for name, p in AUGMENT_LEVELS[augment].items()]
+    pipeline = mt.Compose(steps + _finish(sequences, with_label=True))
+    if seed is not None:
+        pipeline.set_random_state(seed=int(seed))
+    return pipeline
+
+
+def val_transforms(
+    sequences: Sequence[str] = ("FLAIR", "T1"),
+    *,
+    from_files: bool = False,
+    spacing: Sequence[float] | None = None,
+    with_label: bool = True,
+):
+    """The validation/inference pipeline: the same loading and normalisation, whole volumes, no randomness.
+
+    The output stays on the input grid (no foreground crop), so a prediction maps
+    straight back onto the scan. Introduced in notebook 02.
+    """
+    import monai.transforms as mt
+
+    sequences = _check_sequences(sequences)
+    steps = _start(sequences, from_files=from_files, spacing=spacing, with_label=with_label)
+    return mt.Compose(steps + _finish(sequences, with_label=with_label))
+
+
+def case_to_dict(case: Case, sequences: Sequence[str] = ("FLAIR", "T1")) -> dict[str, Any]:
+    """A case as the dictionary the in-memory pipelines expect.
+
+    Keys: each sequence (float32 (x, y, z)), ``"label"`` (uint8; zeros when the case
+    has no lesion mask) and ``"case_id"``. Introduced in notebook 02.
+    """
+    sequences = _check_sequences(sequences)
+    stacked = case.stack(sequences)  # raises a clear error for a missing sequence
+    label = case.mask if case.mask is not None else np.zeros(case.shape, np.uint8)
+    out: dict[str, Any] = {seq: stacked[i] for i, seq in enumerate(sequences)}
+    out.update({_LABEL: label.astype(np.uint8), "case_id": case.case_id})
+    return out
+
+
+def augmentation_grid(
+    case: Case,
+    *,
+    names: Sequence[str] = AUGMENTATIONS,
+    n_samples: int = 3,
+    sequence: str = "FLAIR",
+    seed: int = 0,
+    max_size: int = 112,
+    slab: int = 33,
+):
+    """A figure of one axial slice under each named augmentation: rows = augmentations, columns = samples.
+
+    The first column is the original; the lesion outline is drawn in orange. For
+    speed the volume is cropped to the head, downsampled to at most ``max_size``
+    voxels per axis, and only a ``slab`` of slices around the shown one is augmented. Introduced in notebook 02.
+    """
+    import matplotlib.pyplot as plt
+    import monai.transforms as mt
+    import torch
+    from scipy import ndimage
+
+    from .plots import OVERLAY_COLOURS, take_slice
+    from .preprocess import normalize_percentile
+
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise MSToolkitInputError(f"unknown augmentation(s) {unknown}; allowed: {', '.join(AUGMENTATIONS)}.")
+    if n_samples < 1:
+        raise MSToolkitInputError(f"'n_samples' must be at least 1, got {n_samples}.")
+    data = case_to_dict(case, [sequence])
+    image, label = data[sequence], data[_LABEL]
+    box = tuple(slice(a.min(), a.max() + 1) for a in np.nonzero(image > 0)) if (image > 0).any() else (slice(None),) * 3
+    image, label = image[box], label[box]
+    factor = max(1.0, max(image.shape) / max_size)
+    if factor > 1:
+        image = ndimage.zoom(image, 1 / factor, order=1)
+        label = (ndimage.zoom(label.astype(np.float32), 1 / factor, order=1) > 0.5).astype(np.uint8)
+    z = int(np.argmax(label.sum(axis=(0, 1)))) if label.any() else image.shape[2] // 2
+    # A slab around the shown slice is enough (and much faster than the whole volume).
+    low = max(0, z - slab // 2)
+    image, label, z = image[:, :, low:low + slab], label[:, :, low:low + slab], z - low
+    # Shown on a [0, 1] percentile scale (background stays black) with one fixed window.
+    scaled = normalize_percentile(image, lower=0.5, upper=99.5) if (image != 0).any() else image
+    base = {sequence: torch.as_tensor(scaled[None]), _LABEL: torch.as_tensor(label[None].astype(np.float32))}
+
+    fig, axes = plt.subplots(len(names), n_samples + 1, figsize=(1.9 * (n_samples + 1), 1.9 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        transform = mt.Compose([augmentation(name, [sequence], prob=1.0)])
+        transform.set_random_state(seed=seed + row)
+        for col in range(n_samples + 1):
+            sample = base if col == 0 else transform({k: v.clone() for k, v in base.items()})
+            ax = axes[row, col]
+            ax.imshow(take_slice(np.asarray(sample[sequence][0]), "axial", z), cmap="gray", vmin=0, vmax=1)
+            lesion = take_slice(np.asarray(sample[_LABEL][0]), "axial", z)
+            if lesion.any():
+                ax.contour(lesion, levels=[0.5], colors=[OVERLAY_COLOURS["mask"]], linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if row == 0:
+                ax.set_title("original" if col == 0 else f"sample {col}", fontsize=9)
+    fig.suptitle(f"{case.case_id}: {sequence} under each augmentation (axial slice {z}, lesions in orange)", fontsize=10)
+    fig.supxlabel("radiological view: subject's right on the left, anterior at the top", fontsize=8)
+    fig.tight_layout()
+    return fig
