@@ -1,0 +1,119 @@
+"""Benchmark `mstoolkit segment` with the reference model: time, memory and accuracy.
+
+Times the whole command (Python start, model load, inference, writing files) on
+one 1 mm volume: the real open_ms_data case patient26 when present (FLAIR + T1,
+Lesjak et al. 2018, CC-BY), else a phantom subject. With ground truth at hand it
+also reports Dice and lesion F1 (any-overlap, 26-connectivity), and the same on
+a small phantom test set (seeds never used in training, every scanner profile).
+
+Run: python benchmarks/bench_segment.py [--threads 2] [--no-phantom]
+Writes build/benchmarks/segment.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _segment(flair: Path, t1: Path, out: Path, threads: int) -> tuple[float, float]:
+    """Run the CLI in a fresh process; return (seconds, peak resident memory in MB)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-c",
+               "import resource, sys; from mstoolkit.cli import main; code = main(sys.argv[1:]); "
+               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)",
+               "segment", "--flair", str(flair), "--t1", str(t1), "--out", str(out), "--device", "cpu"]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"segment failed:\n{result.stderr[-2000:]}")
+    peak_kb = next(int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("PEAK_KB"))
+    return seconds, peak_kb / 1024
+
+
+def _scores(pred_path: Path, truth, spacing) -> dict:
+    from mstoolkit.io import load_mask
+    from mstoolkit.metrics import evaluate
+
+    pred, _ = load_mask(pred_path)
+    result = evaluate(pred, truth, spacing=spacing, connectivity=26, matching="any_overlap")
+    return {k: round(float(result[k]), 4) for k in ("dice", "lesion_f1", "lesion_sensitivity", "lesion_precision",
+                                                      "volume_truth_ml", "volume_pred_ml")}
+
+
+def _phantom_test_set(n: int) -> list[dict]:
+    """Dice and lesion F1 of the reference model on phantom subjects it never saw (one per profile)."""
+    import numpy as np
+
+    from mstoolkit.inference import predict
+    from mstoolkit.metrics import evaluate
+    from mstoolkit.models import load_model
+    from mstoolkit.phantom import PROFILES, generate_subject
+
+    model, config = load_model("reference")
+    rows = []
+    for k in range(n):
+        profile = list(PROFILES)[k % len(PROFILES)]
+        case = generate_subject(seed=5000 + k, profile=profile)  # training used seeds 1000-1013
+        _, mask = predict(model, case, sequences=config["sequences"])
+        result = evaluate(mask, case.mask, spacing=case.spacing)
+        rows.append({"seed": 5000 + k, "profile": profile, "dice": round(float(result["dice"]), 4),
+                     "lesion_f1": round(float(result["lesion_f1"]), 4)})
+        print(f"  phantom seed {5000 + k} ({profile}): Dice {rows[-1]['dice']:.3f}, lesion F1 {rows[-1]['lesion_f1']:.3f}")
+    means = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in ("dice", "lesion_f1")}
+    return [{"mean": means}] + rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--phantom-cases", type=int, default=4)
+    args = parser.parse_args()
+    from mstoolkit.datasets import real_sample_dir
+    from mstoolkit.io import load_mask, save_image
+
+    results: dict = {"threads": args.threads, "model": "reference"}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        real = real_sample_dir()
+        truth = None
+        if real is not None:
+            folder = real / "cross_sectional" / "MNI" / "patient26"
+            flair, t1 = sorted(folder.glob("FLAIR_*.nii.gz"))[0], sorted(folder.glob("T1_*.nii.gz"))[0]
+            truth, affine = load_mask(sorted(folder.glob("GOLD_STANDARD_*.nii.gz"))[0])
+            results["volume"] = "open_ms_data patient26 (MNI, 1 mm)"
+        else:
+            from mstoolkit.phantom import generate_subject
+
+            case = generate_subject(seed=5000)
+            flair, t1 = save_image(tmp / "flair.nii.gz", case.images["FLAIR"], case.affine), save_image(tmp / "t1.nii.gz", case.images["T1"], case.affine)
+            results["volume"] = "phantom seed 5000 (1 mm)"
+        _segment(flair, t1, tmp / "warm", args.threads)  # warm the file cache once
+        seconds, peak_mb = _segment(flair, t1, tmp / "out", args.threads)
+        results.update(segment_seconds=round(seconds, 2), segment_peak_mb=round(peak_mb))
+        print(f"mstoolkit segment on {results['volume']}: {seconds:.1f} s with {args.threads} threads, peak {peak_mb:.0f} MB "
+              f"(target <= 20 s)")
+        if truth is not None:
+            results["patient26"] = _scores(tmp / "out" / "lesion_mask.nii.gz", truth, (1.0, 1.0, 1.0))
+            print(f"patient26: {results['patient26']} (targets: Dice >= 0.60, lesion F1 >= 0.50)")
+    if args.phantom_cases:
+        print("phantom test set:")
+        results["phantom_test"] = _phantom_test_set(args.phantom_cases)
+        print(f"phantom test mean: {results['phantom_test'][0]['mean']}")
+    out = ROOT / "build" / "benchmarks" / "segment.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

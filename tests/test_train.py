@@ -1,0 +1,223 @@
+"""Training loop: losses, devices, AMP choice, determinism, checkpoints and resume, DDP, ensembles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mstoolkit.io import Case, MSToolkitInputError
+from mstoolkit.models import load_model
+from mstoolkit.train import (
+    LOSS_NAMES,
+    PRESETS,
+    TrainConfig,
+    amp_settings,
+    build_loss,
+    cache_cases,
+    export_reference,
+    pick_device,
+    plot_history,
+    train,
+    train_ensemble,
+)
+
+
+def toy_case(seed: int, shape=(21, 22, 19)) -> Case:
+    """A sphere 'brain' with a few bright FLAIR / dark T1 blobs as lesions."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(float)
+    centre = (np.array(shape) / 2)[:, None, None, None]
+    radii = (np.array(shape) * 0.45)[:, None, None, None]
+    brain = (((grid - centre) / radii) ** 2).sum(0) < 1
+    mask = np.zeros(shape, bool)
+    for _ in range(3):
+        p = np.array([rng.integers(s // 3, 2 * s // 3) for s in shape])[:, None, None, None]
+        mask |= ((grid - p) ** 2).sum(0) < rng.uniform(3, 8)
+    mask &= brain
+    flair = np.where(brain, 100 + 8 * rng.standard_normal(shape) + 70 * mask, 0).astype(np.float32)
+    t1 = np.where(brain, 200 + 8 * rng.standard_normal(shape) - 50 * mask, 0).astype(np.float32)
+    affine = np.diag([1.0, 1.1, 0.9, 1.0])
+    return Case(f"toy{seed}", {"FLAIR": flair, "T1": t1}, affine, mask=mask.astype(np.uint8), brain_mask=brain.astype(np.uint8))
+
+
+def tiny_config(tmp_path: Path | None = None, **changes) -> TrainConfig:
+    config = TrainConfig(features=(4, 8), patch_size=(16, 16, 16), batch_size=2, epochs=2, iterations_per_epoch=3,
+                         learning_rate=1e-2, device="cpu", progress=False, out_dir=str(tmp_path) if tmp_path else None,
+                         val_roi_size=(24, 24, 24))
+    return replace(config, **changes)
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[Case]:
+    return [toy_case(seed) for seed in range(3)]
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_losses_reward_the_right_answer(name):
+    loss = build_loss(name)
+    truth = torch.zeros(1, 1, 6, 7, 5)
+    truth[..., 2:4, 2:5, 1:3] = 1
+    good = loss(truth * 20 - 10, truth)
+    bad = loss(10 - truth * 20, truth)
+    assert float(good) < float(bad)
+
+
+def test_unknown_loss_and_bad_config():
+    with pytest.raises(MSToolkitInputError, match="Unknown loss 'l2'; allowed: dice, dice_ce"):
+        build_loss("l2")
+    with pytest.raises(MSToolkitInputError, match="Unknown loss 'l2'"):
+        TrainConfig(loss="l2")
+    with pytest.raises(MSToolkitInputError, match="'patch_size' must be 3 integers"):
+        TrainConfig(patch_size=(32, 32))
+    with pytest.raises(MSToolkitInputError, match="'augment' must be 'none', 'light' or 'domain'"):
+        TrainConfig(augment="heavy")
+
+
+def test_pick_device(capsys):
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(MSToolkitInputError, match="'device' must be one of auto, cpu, cuda, mps, got 'tpu'"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MSToolkitInputError, match="no CUDA GPU"):
+            pick_device("cuda")
+        if not torch.backends.mps.is_available():
+            assert pick_device("auto").type == "cpu"
+            assert "running on the CPU" in capsys.readouterr().out
+
+
+def test_amp_settings_dispatch():
+    # The CUDA branches are decided from the flag, so they are testable without a GPU.
+    assert amp_settings("cuda", bf16_supported=True) == (True, torch.bfloat16, False)
+    assert amp_settings("cuda", bf16_supported=False) == (True, torch.float16, True)
+    assert amp_settings("cuda", enabled=False, bf16_supported=True) == (False, torch.float32, False)
+    assert amp_settings("cpu") == (False, torch.float32, False)
+    assert amp_settings(torch.device("mps")) == (False, torch.float32, False)
+
+
+def test_cache_cases_normalises_within_brain(cases):
+    cached = cache_cases(cases[:1], ("FLAIR", "T1"), min_size=(24, 24, 24))
+    item = cached[0]
+    assert item["image"].shape[0] == 2 and min(item["image"].shape[1:]) >= 24
+    brain = np.zeros(item["label"].shape[1:], bool).ravel()
+    brain[item["bg"]] = True
+    brain[item["fg"]] = True
+    values = item["image"][0].ravel()[brain]
+    assert abs(values.mean()) < 1e-3 and abs(values.std() - 1) < 1e-3
+    assert item["label"].sum() == cases[0].mask.sum() == len(item["fg"])
+    no_mask = Case("x", {"FLAIR": cases[0].images["FLAIR"]}, np.eye(4))
+    with pytest.raises(MSToolkitInputError, match="has no lesion mask"):
+        cache_cases([no_mask], ("FLAIR",))
+
+
+def test_loss_decreases_on_toy_case(cases):
+    config = tiny_config(epochs=5, iterations_per_epoch=6, augment="none", patch_size=(16, 16, 16))
+    _, history = train(config, cases[:2], cases[2:])
+    assert history["loss"][-1] < history["loss"][0]
+    assert len(history["val_dice"]) == 5 and all(0 <= d <= 1 for d in history["val_dice"])
+    assert history["lr"][0] > history["lr"][-1]  # cosine schedule
+    assert all(b >= a for a, b in zip(history["seconds"], history["seconds"][1:]))
+
+
+def test_same_seed_same_weights(cases):
+    config = tiny_config(augment="domain")
+    a, _ = train(config, cases[:2])
+    b, _ = train(config, cases[:2])
+    c, _ = train(replace(config, seed=1), cases[:2])
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, msg=name)
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_checkpoints_and_resume_equal_unbroken_run(cases, tmp_path):
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    config = tiny_config(epochs=4, augment="light")
+    unbroken, history = train(replace(config, out_dir=str(full_dir)), cases[:2], cases[2:])
+    assert {"last.pt", "best.pt", "history.json"} <= {p.name for p in full_dir.iterdir()}
+
+    def interrupt_after_two_epochs(history):
+        if len(history["epoch"]) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(replace(config, out_dir=str(split_dir)), cases[:2], cases[2:], callback=interrupt_after_two_epochs)
+    # The run restarts from last.pt, as `mstoolkit train --resume` does.
+    state = torch.load(split_dir / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    train(replace(config, out_dir=str(split_dir), resume=True), cases[:2], cases[2:])
+    last_full = torch.load(full_dir / "last.pt", weights_only=True)
+    last_split = torch.load(split_dir / "last.pt", weights_only=True)
+    for key, value in last_full["model"].items():
+        torch.testing.assert_close(value, last_split["model"][key], msg=key)
+    assert last_full["history"]["loss"] == pytest.approx(last_split["history"]["loss"])
+    # best.pt loads with load_model and predicts like the model train() returned
+    best, best_config = load_model(full_dir / "best.pt")
+    assert 0.1 <= best_config["threshold"] <= 0.7 and best.threshold == best_config["threshold"]  # tuned on validation
+    assert unbroken.threshold == best.threshold
+    assert best_config["sequences"] == ["FLAIR", "T1"] and best_config["normalisation"]["method"] == "zscore"
+    x = torch.randn(1, 2, 9, 10, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(best(x), unbroken(x))
+    fig = plot_history(history)
+    assert fig.axes[1].get_ylabel() == "validation Dice"
+
+
+def test_early_stopping(cases, tmp_path):
+    config = tiny_config(epochs=20, iterations_per_epoch=1, learning_rate=1e-9, patience=2)
+    _, history = train(config, cases[:1], cases[2:])
+    assert len(history["epoch"]) < 20
+
+
+def test_ensemble_members_differ(cases, tmp_path):
+    members = train_ensemble(tiny_config(tmp_path, epochs=1), cases[:2], cases[2:], members=2)
+    assert len(members) == 2 and (tmp_path / "member-1" / "best.pt").exists()
+    a, b = (m.state_dict()["head.weight"] for m, _ in members)
+    assert not torch.equal(a, b)
+    with pytest.raises(MSToolkitInputError, match="'members' must be a positive integer"):
+        train_ensemble(tiny_config(), cases, members=0)
+
+
+def test_export_reference(cases, tmp_path):
+    train(tiny_config(tmp_path / "run", epochs=1), cases[:2], cases[2:])
+    out = export_reference(tmp_path / "run" / "best.pt", tmp_path / "ref", extra={"title": "toy"})
+    assert {"model.pt", "config.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_presets_are_valid_configs():
+    for name, settings in PRESETS.items():
+        settings = {k: v for k, v in settings.items() if k != "n_subjects"}
+        assert TrainConfig(**settings).model_config()["name"] == "tiny_unet", name
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_train import toy_case, tiny_config
+    from mstoolkit.train import train
+    model, history = train(tiny_config(None, out_dir={out!r}, epochs=2), [toy_case(0), toy_case(1)], [toy_case(2)])
+    torch.save(model.state_dict(), os.path.join({out!r}, "rank" + os.environ["RANK"] + ".pt"))
+    """
+)
+
+
+def test_distributed_data_parallel_on_two_cpu_processes(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in rank0:  # gradients were averaged: both processes hold the same weights
+        torch.testing.assert_close(rank0[key], rank1[key], msg=key)
+    assert (tmp_path / "last.pt").exists()
+    assert len(torch.load(tmp_path / "last.pt", weights_only=True)["history"]["epoch"]) == 2
