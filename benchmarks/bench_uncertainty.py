@@ -1,0 +1,123 @@
+"""Benchmark of mstoolkit.uncertainty on one 1 mm brain (182×218×182), on 2 CPU threads.
+
+Measures 10 MC-dropout samples (target: ≤ 60 s, peak memory ≤ 2 GB) and the uncertainty maps
+computed from them. Also reports the quality figures on patient26 and two phantom subjects: area
+above the nDSC retention curve with entropy and mutual information vs the mean of 5 random orders
+(target: ≥ 20 % smaller), mean lesion uncertainty of false- vs true-positive lesions, and the ECE
+inside the brain before/after temperature scaling (temperature fitted on phantom sub-001). Each measurement runs in a fresh process, so its peak resident memory is its
+own (it includes Python, torch and the loaded scan). Uses the real sample's patient26 when present,
+else a phantom subject, and the reference model. Prints the figures and writes
+build/benchmarks/uncertainty.json.
+
+    python benchmarks/bench_uncertainty.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _one(name: str) -> dict:
+    import torch
+
+    from mstoolkit import uncertainty
+    from mstoolkit.datasets import load_dataset_case, real_sample_dir
+    from mstoolkit.inference import brain_region, prepare_inputs
+    from mstoolkit.models import load_model
+
+    torch.set_num_threads(2)
+    real = real_sample_dir()
+    if real is not None:
+        case = load_dataset_case(real, "patient26")
+    else:
+        from mstoolkit.phantom import generate_subject
+
+        case = generate_subject(seed=0)
+    model, config = load_model("reference")
+    inputs, brain = prepare_inputs(case, tuple(config["sequences"])), brain_region(case)
+    start = time.perf_counter()
+    samples = uncertainty.sample_predictions(model, inputs, method="mc_dropout", n=10, brain_mask=brain)
+    sampling = time.perf_counter() - start
+    start = time.perf_counter()
+    uncertainty.uncertainty_maps(samples)
+    maps = time.perf_counter() - start
+    return {"name": name, "case": case.case_id, "shape": list(case.shape), "samples": 10,
+            "seconds": round(sampling, 2), "maps_seconds": round(maps, 2), "cpu_seconds": round(time.process_time(), 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _quality() -> dict:
+    import numpy as np
+    import torch
+
+    from mstoolkit import uncertainty
+    from mstoolkit.datasets import ensure_phantom, list_cases, load_dataset_case, real_sample_dir
+    from mstoolkit.inference import brain_region, prepare_inputs
+    from mstoolkit.models import load_model
+
+    torch.set_num_threads(2)
+    model, config = load_model("reference")
+    sequences = tuple(config["sequences"])
+    cases = [c.load() for c in list_cases(ensure_phantom(None, n_subjects=2, seed=0))]
+    if real_sample_dir() is not None:
+        cases.append(load_dataset_case(real_sample_dir(), "patient26"))
+    rng = np.random.default_rng(0)
+    results, temperature = {}, None
+    for case in cases:
+        brain = brain_region(case)
+        samples = uncertainty.sample_predictions(model, prepare_inputs(case, sequences), method="mc_dropout", n=10,
+                                                 brain_mask=brain)
+        maps = uncertainty.uncertainty_maps(samples)
+        pred = maps["mean"] >= 0.5
+        found = {"predicted_voxels": int(pred.sum()), "truth_voxels": int(case.mask.sum())}
+        randoms = [uncertainty.retention_curve(pred, case.mask, rng.random(pred.shape), brain_mask=brain)["area_above"]
+                   for _ in range(5)]
+        found["aac_random"] = round(float(np.mean(randoms)), 4)
+        for key in ("entropy", "mutual_information"):
+            aac = uncertainty.retention_curve(pred, case.mask, maps[key], brain_mask=brain)["area_above"]
+            found[f"aac_{key}"] = round(aac, 4)
+            found[f"aac_{key}_smaller_than_random_percent"] = round(100 * (1 - aac / found["aac_random"]), 1)
+        lesions = uncertainty.lesion_uncertainty(samples, truth=case.mask)
+        for status in ("TP", "FP"):
+            chosen = lesions.loc[lesions["status"] == status, "uncertainty"] if len(lesions) else []
+            found[f"n_{status}_lesions"] = len(chosen)
+            found[f"mean_mi_{status}_lesions"] = round(float(np.mean(chosen)), 5) if len(chosen) else None
+        if temperature is None:  # the first phantom subject is the validation scan
+            temperature = uncertainty.fit_temperature(maps["mean"], case.mask, brain_masks=brain)
+        found["temperature_from_sub-001"] = round(temperature, 3)
+        found["ece_before"] = round(uncertainty.calibration(maps["mean"], case.mask, brain_mask=brain)["ece"], 4)
+        found["ece_after"] = round(uncertainty.calibration(uncertainty.apply_temperature(maps["mean"], temperature),
+                                                           case.mask, brain_mask=brain)["ece"], 4)
+        results[case.case_id] = found
+    return {"name": "quality", "results": results}
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        print(json.dumps(_quality() if sys.argv[2] == "quality" else _one(sys.argv[2])))
+        return 0
+    done = subprocess.run([sys.executable, __file__, "--one", "mc_dropout_10"], capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"10 MC-dropout samples: {found['seconds']:.1f} s wall (+ {found['maps_seconds']:.1f} s for the maps), "
+          f"peak memory {found['peak_rss_mb']:.0f} MB ({found['case']} {tuple(found['shape'])})")
+    done = subprocess.run([sys.executable, __file__, "--one", "quality"], capture_output=True, text=True, check=True)
+    quality = json.loads(done.stdout.strip().splitlines()[-1])
+    for case_id, figures in quality["results"].items():
+        print(case_id, figures)
+    summary = {"threads": 2, "load_average": os.getloadavg(), "results": [found, quality],
+               "targets": {"seconds": 60, "peak_mb": 2048}}
+    out = Path("build/benchmarks")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "uncertainty.json").write_text(json.dumps(summary, indent=2))
+    print(f"load average {summary['load_average'][0]:.1f}; written {out / 'uncertainty.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Tests of mstoolkit.interpret: Grad-CAM against captum, tiling, attributions, sanity checks."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mstoolkit import interpret
+from mstoolkit.io import MSToolkitInputError
+
+SHAPE = (32, 16, 48)
+
+
+class Toy(nn.Module):
+    """A two-level toy U-Net without normalisation (so tiling does not change its output)."""
+
+    def __init__(self, in_channels: int = 2) -> None:
+        super().__init__()
+        self.enc = nn.Conv3d(in_channels, 4, 3, padding=1)
+        self.down = nn.Conv3d(4, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose3d(8, 4, 2, stride=2)
+        self.dec = nn.Conv3d(8, 4, 3, padding=1)
+        self.drop = nn.Dropout3d(0.5)
+        self.head = nn.Conv3d(4, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.enc(x))
+        b = torch.relu(self.down(a))
+        c = torch.relu(self.up(b))
+        return self.head(self.drop(torch.relu(self.dec(torch.cat([a, c], 1)))))
+
+
+@pytest.fixture
+def toy() -> Toy:
+    torch.manual_seed(0)
+    return Toy().eval()
+
+
+@pytest.fixture
+def inputs() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(2,) + SHAPE).astype(np.float32)
+
+
+@pytest.fixture
+def region() -> np.ndarray:
+    mask = np.zeros(SHAPE, bool)
+    mask[6:20, 4:9, 5:30] = True
+    return mask
+
+
+def _captum_grad_cam(model, inputs, region, layer, relu):
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    weight = torch.from_numpy(region).float()
+
+    def region_logit(x):  # LayerGradCam explains one scalar per example: the region's summed logits
+        return (model(x)[:, 0] * weight).sum(dim=(1, 2, 3))
+
+    found = LayerGradCam(region_logit, dict(model.named_modules())[layer]).attribute(
+        torch.from_numpy(inputs)[None], relu_attributions=relu)
+    return LayerAttribution.interpolate(found, SHAPE, interpolate_mode="trilinear")[0, 0].detach().numpy()
+
+
+@pytest.mark.parametrize("layer", ["enc", "down", "dec"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_grad_cam_equals_captum_layer_grad_cam(toy, inputs, region, layer, relu):
+    ours = interpret.grad_cam(toy, inputs, target=region, layer=layer, relu=relu)
+    reference = _captum_grad_cam(toy, inputs, region, layer, relu)
+    assert ours.shape == SHAPE and ours.dtype == np.float32
+    assert np.abs(reference).max() > 1e-4  # a real map, not zeros
+    np.testing.assert_allclose(ours, reference, atol=1e-5 * max(1.0, np.abs(reference).max()), rtol=0)
+
+
+def test_candidate_layers(toy):
+    assert interpret.candidate_layers(toy, in_channels=2) == {"encoder": "enc", "bottleneck": "down", "decoder": "dec"}
+    from mstoolkit.models import build_model
+
+    layers = interpret.candidate_layers(build_model("tiny_unet", in_channels=2, features=(4, 8, 16)))
+    modules = dict(build_model("tiny_unet", in_channels=2, features=(4, 8, 16)).named_modules())
+    assert layers["encoder"].startswith("encoders.0") and layers["bottleneck"].startswith("bottleneck")
+    assert layers["decoder"].startswith("decoders.1") and all(isinstance(modules[n], nn.Conv3d) for n in layers.values())
+
+
+def test_tiles_cover_the_volume_once():
+    pads, grid, tiles = interpret._tiles((70, 50, 20), (48, 48, 48), 16, 16)
+    covered = np.zeros(grid, int)
+    for _, inner, out in tiles:
+        covered[out] += 1
+        assert all(i.stop - i.start == o.stop - o.start for i, o in zip(inner, out))
+    assert (covered == 1).all() and grid[0] >= 70 and grid[2] == 32 and pads[2] == (0, 12)
+
+
+def test_tiled_maps_match_the_whole_volume(toy):
+    x = np.random.default_rng(1).normal(size=(2, 60, 16, 16)).astype(np.float32)
+    target = np.zeros(x.shape[1:], bool)
+    target[10:50, 4:12, 4:12] = True
+    whole = interpret.grad_cam(toy, x, target=target, patch_size=(128, 128, 128))
+    tiled = interpret.grad_cam(toy, x, target=target, patch_size=(48, 48, 48), margin=16)
+    assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.98
+    for method in ("gradient_x_input", "integrated_gradients"):  # the toy's receptive field < margin: exact
+        whole = interpret.input_attribution(toy, x, method=method, target=target, patch_size=(128, 128, 128), n_steps=4)
+        tiled = interpret.input_attribution(toy, x, method=method, target=target, patch_size=(48, 48, 48), n_steps=4)
+        np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_saliency_is_the_absolute_gradient(toy, inputs, region):
+    x = torch.from_numpy(inputs)[None].requires_grad_(True)
+    (toy(x)[0, 0] * torch.from_numpy(region).float()).sum().backward()
+    found = interpret.input_attribution(toy, inputs, method="saliency", target=region)
+    np.testing.assert_allclose(found, x.grad[0].abs().numpy(), atol=1e-6)
+
+
+def test_integrated_gradients_completeness(toy, inputs, region):
+    inputs, region = inputs[:, :16, :, :16], region[:16, :, :16]
+    found = interpret.input_attribution(toy, inputs, method="integrated_gradients", target=region, n_steps=32,
+                                        internal_batch_size=8)
+    weight = torch.from_numpy(region).float()
+    with torch.no_grad():
+        score = lambda v: float((toy(torch.from_numpy(v)[None])[0, 0] * weight).sum())  # noqa: E731
+        change = score(inputs) - score(np.zeros_like(inputs))
+    assert found.sum() == pytest.approx(change, rel=0.02)
+
+
+def test_ignored_sequence_gets_no_attribution(toy, inputs, region):
+    with torch.no_grad():
+        toy.enc.weight[:, 1] = 0.0  # the toy never looks at channel 1
+    small = np.zeros(SHAPE, bool)
+    small[12:16, 6:8, 10:14] = True
+    occlusion = interpret.input_attribution(toy, inputs, method="occlusion", target=small, window=8, margin=0)
+    assert np.abs(occlusion[0]).max() > 1e-3 > 1e-5 > np.abs(occlusion[1]).max()  # float noise only
+    table = interpret.sequence_importance(toy, inputs, sequences=("FLAIR", "T1"), target=region,
+                                          method="gradient_x_input")
+    t1 = table.set_index("sequence").loc["T1"]
+    assert t1["attribution_share"] == 0 and t1["dice_drop"] == 0
+    assert table["attribution_share"].sum() == pytest.approx(1.0)
+
+
+def test_modes_are_restored_and_dropout_is_off(toy, inputs, region):
+    toy.train()
+    first = interpret.grad_cam(toy, inputs, target=region)
+    second = interpret.grad_cam(toy, inputs, target=region)
+    np.testing.assert_array_equal(first, second)  # dropout off while explaining
+    assert toy.training and toy.drop.training
+
+
+def test_randomization_decorrelates_grad_cam(toy, inputs, region):
+    table = interpret.randomization_test(toy, inputs, "grad_cam", region, layer="dec")
+    assert list(table["randomised_to"]) == ["none", "head", "dec", "up", "down", "enc"]
+    assert table["spearman"].iloc[0] == 1.0 and table["spearman"].iloc[-1] < 0.3
+    merged = interpret.randomization_test(toy, inputs, "gradient_x_input", region, steps=2)
+    assert len(merged) == 3 and merged["randomised_to"].iloc[-1] == "enc"
+    assert torch.isfinite(toy.head.weight).all()  # the original model is untouched
+    ax = interpret.plot_randomization({"Grad-CAM": table, "gradient × input": merged})
+    assert ax.get_title().startswith("Cascading")
+
+
+def test_pointing_game_edge_map_and_display():
+    brain = np.ones((8, 8, 8), bool)
+    lesion = np.zeros_like(brain)
+    lesion[2:4, 2:4, 2:4] = True
+    assert interpret.pointing_game(np.ones((8, 8, 8)), lesion, brain_mask=brain) == pytest.approx(1.0)
+    assert interpret.pointing_game(lesion * 2.0 - 1.0, lesion, brain_mask=brain) == pytest.approx(64.0)
+    step = np.zeros((9, 8, 7), np.float32)
+    step[5:] = 1.0
+    edges = interpret.edge_map(step)
+    assert edges[4:6].min() > 0 and edges[:3].max() == 0 and edges[7:].max() == 0
+    shown = interpret.normalize_for_display(np.linspace(-1, 3, 8 * 8 * 8).reshape(8, 8, 8))
+    assert shown.min() == 0 and shown.max() == 1
+    ax = interpret.plot_map(step, step, contour=step > 0, title="toy")
+    assert ax.get_title() == "toy"
+
+
+def test_lesion_region_matches_metrics_numbering():
+    from mstoolkit.metrics import lesion_table
+
+    mask = np.zeros((12, 10, 9), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1  # 8 voxels
+    mask[7:10, 5:8, 4:7] = 1  # 27 voxels
+    table = lesion_table(mask, mask, spacing=(1, 1, 1)).query("source == 'pred'")
+    for _, row in table.iterrows():
+        assert interpret.lesion_region(mask, int(row["lesion"])).sum() == row["volume_mm3"]
+    with pytest.raises(MSToolkitInputError, match="between 1 and 2"):
+        interpret.lesion_region(mask, 3)
+
+
+def test_errors(toy, inputs, region):
+    with pytest.raises(MSToolkitInputError, match="'target' must be 'prediction'"):
+        interpret.grad_cam(toy, inputs, target="lesions")
+    with pytest.raises(MSToolkitInputError, match="empty region"):
+        interpret.grad_cam(toy, inputs, target=np.zeros(SHAPE, bool))
+    with pytest.raises(MSToolkitInputError, match="shape"):
+        interpret.grad_cam(toy, inputs, target=np.ones((3, 3, 3), bool))
+    with pytest.raises(MSToolkitInputError, match="No layer named 'nope'"):
+        interpret.grad_cam(toy, inputs, target=region, layer="nope")
+    with pytest.raises(MSToolkitInputError, match=r"\(channels, x, y, z\)"):
+        interpret.grad_cam(toy, inputs[0], target=region)
+    with pytest.raises(MSToolkitInputError, match="allowed: integrated_gradients"):
+        interpret.input_attribution(toy, inputs, method="lime", target=region)
+    with pytest.raises(MSToolkitInputError, match="occlusion needs a small target"):
+        interpret.input_attribution(toy, inputs, method="occlusion")
+    with pytest.raises(MSToolkitInputError, match="multiples of 2"):
+        interpret.grad_cam(toy, inputs, target=region, patch_size=(41, 41, 41))
+    with pytest.raises(MSToolkitInputError, match="allowed: grad_cam"):
+        interpret.randomization_test(toy, inputs, "guided_backprop", region)
+    with pytest.raises(MSToolkitInputError, match="no voxel inside the brain"):
+        interpret.pointing_game(np.ones((4, 4, 4)), np.zeros((4, 4, 4)), brain_mask=np.ones((4, 4, 4)))
