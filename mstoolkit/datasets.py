@@ -30,16 +30,13 @@ __all__ = [
     "ensure_phantom",
     "real_sample_dir",
     "NOTEBOOK_SUBJECTS",
-    "DATASETS",
-    "notebook_data_dir",
     "cli_prepare",
 ]
 
-#: Dataset names a notebook's ``DATASET`` parameter accepts.
-DATASETS = ("phantom", "open_ms_data")
-#: Phantom subjects shared by all notebooks, per profile: one cached dataset per
-#: profile and seed, so the notebooks of a course generate it once.
-NOTEBOOK_SUBJECTS = {"quick": 3, "workshop": 8, "full": 24}
+#: The phantom sizes (subjects) the notebooks ask ``ensure_phantom`` for, per
+#: profile; ``mstoolkit data prepare`` builds them all ahead of a workshop.
+#: A test keeps this table in step with the notebooks' parameters.
+NOTEBOOK_SUBJECTS = {"quick": (2,), "workshop": (2, 4, 6), "full": (4, 8, 20)}
 
 #: File-name suffix of each sequence in the BIDS-like layout.
 BIDS_SUFFIX = {"FLAIR": "FLAIR", "T1": "T1w", "T1CE": "ce-gad_T1w", "T2": "T2w"}
@@ -225,39 +222,13 @@ def real_sample_dir() -> Path | None:
     return None
 
 
-def notebook_data_dir(
-    dataset: str = "phantom",
-    data_dir: str | os.PathLike | None = None,
-    *,
-    profile: str = "workshop",
-    seed: int = 0,
-) -> Path:
-    """The data folder a notebook works on, from its ``DATASET``/``DATA_DIR``/``PROFILE``/``SEED``.
-
-    ``"phantom"``: ``data_dir`` if given, else the shared phantom in the cache
-    (generated on first use, :data:`NOTEBOOK_SUBJECTS` subjects for the profile).
-    ``"open_ms_data"``: ``data_dir`` if given, else the downloaded copy in the
-    cache, else the real sample found beside the repository.
-    """
-    from .exercises import pick
-
-    if dataset == "phantom":
-        return ensure_phantom(data_dir, n_subjects=pick(profile, **NOTEBOOK_SUBJECTS), seed=seed)
-    if dataset == "open_ms_data":
-        if data_dir is not None:
-            return Path(data_dir)
-        for candidate in (default_data_dir() / "open_ms_data", real_sample_dir()):
-            if candidate is not None and candidate.is_dir():
-                return candidate
-        raise FileNotFoundError(
-            "open_ms_data is not on this machine: run `mstoolkit data download open_ms_data` "
-            "(or set DATA_DIR to your copy)."
-        )
-    raise MSToolkitInputError(f"'DATASET' must be one of {', '.join(DATASETS)}, got {dataset!r}.")
-
-
 def cli_prepare(args) -> int:
     """``mstoolkit data prepare``: build the data the notebooks use at a profile (Binder, workshops)."""
-    path = notebook_data_dir("phantom", profile=args.profile, seed=args.seed)
-    print(f"phantom for the '{args.profile}' profile ready in {path}")
+    from .exercises import PROFILES
+
+    if args.profile not in PROFILES:
+        raise MSToolkitInputError(f"'profile' must be one of {', '.join(PROFILES)}, got {args.profile!r}.")
+    for n_subjects in NOTEBOOK_SUBJECTS[args.profile]:
+        path = ensure_phantom(n_subjects=n_subjects, seed=args.seed)
+        print(f"phantom with {n_subjects} subjects ready in {path}")
     return 0

@@ -53,17 +53,31 @@ def test_real_sample_layout():
     assert 6.0 < case.mask.sum() / 1000 < 10.0
 
 
-def test_notebook_data_dir_choices(tmp_path, monkeypatch):
-    from mstoolkit.datasets import notebook_data_dir
+def test_prepare_builds_every_phantom_size_the_notebooks_use():
+    """`mstoolkit data prepare` must generate what each notebook asks for, or a workshop waits."""
+    import re
+    from pathlib import Path
 
-    with pytest.raises(MSToolkitInputError, match="'DATASET' must be one of phantom, open_ms_data, got 'isbi'"):
-        notebook_data_dir("isbi")
-    assert notebook_data_dir("open_ms_data", tmp_path) == tmp_path
-    monkeypatch.setenv("MSTOOLKIT_DATA", str(tmp_path / "cache"))
-    monkeypatch.setenv("MSTOOLKIT_REAL_SAMPLE", str(tmp_path / "absent"))
-    # Beside the repository the real sample is found; elsewhere the error says how to download it.
-    if real_sample_dir() is None:
-        with pytest.raises(FileNotFoundError, match="mstoolkit data download open_ms_data"):
-            notebook_data_dir("open_ms_data")
-    else:
-        assert (notebook_data_dir("open_ms_data") / "cross_sectional").is_dir()
+    import nbformat
+
+    from mstoolkit.datasets import NOTEBOOK_SUBJECTS
+
+    notebooks = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    checked = 0
+    pattern = re.compile(r"N_SUBJECTS = N_SUBJECTS or \w*\.?pick\(PROFILE, quick=(\d+), workshop=(\d+), full=(\d+)\)")
+    for path in notebooks:
+        source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+        for quick, workshop, full in pattern.findall(source):
+            checked += 1
+            for profile, n in (("quick", quick), ("workshop", workshop), ("full", full)):
+                assert int(n) in NOTEBOOK_SUBJECTS[profile], f"{path.name}: {n} subjects at '{profile}' not prepared"
+    assert checked == len(notebooks), "every notebook should size its phantom with N_SUBJECTS = N_SUBJECTS or pick(...)"
+
+
+def test_prepare_rejects_unknown_profile():
+    from types import SimpleNamespace
+
+    from mstoolkit.datasets import cli_prepare
+
+    with pytest.raises(MSToolkitInputError, match="'profile' must be one of quick, workshop, full, got 'big'"):
+        cli_prepare(SimpleNamespace(profile="big", seed=0))
