@@ -37,7 +37,7 @@ test: $(STAMP)
 browser-test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright>=1.40"
-	test -d build/html || $(BIN)/mstoolkit notebooks run --profile quick --out build
+	test -d build/quick/html || $(BIN)/mstoolkit notebooks run --profile quick --out build/quick
 	$(BIN)/python -m pytest -q -m browser tests/browser
 
 student: $(STAMP)

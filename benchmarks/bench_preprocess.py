@@ -16,7 +16,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def _limit_threads(threads: int) -> None:

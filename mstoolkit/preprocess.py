@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .io import Case, MSToolkitInputError, check_binary_mask, spacing_from_affine
+from .io import Case, MSToolkitInputError, check_binary_mask
 
 __all__ = [
     "NORMALIZATIONS",

@@ -162,10 +162,10 @@ def test_notebook01_runs_and_slider_changes_image(browser, lab_server):
 
 
 def test_executed_notebook_html_opens_cleanly(browser):
-    html_dir = ROOT / "build" / "html"
+    html_dir = ROOT / "build" / "quick" / "html"  # written by `make test` (tests/test_notebooks.py)
     pages = sorted(html_dir.glob("*.html"))
     if not pages:
-        pytest.skip("no HTML exports: run `mstoolkit notebooks run --out build` first (make browser-test does)")
+        pytest.skip("no HTML exports: run `mstoolkit notebooks run --out build/quick` first (make browser-test does)")
     SHOTS.mkdir(parents=True, exist_ok=True)
     for html in pages:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
