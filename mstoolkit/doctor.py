@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["detect_platform", "describe_device", "describe_runtime", "collect_report", "cli_doctor"]
+__all__ = ["detect_platform", "describe_device", "runtime_summary", "describe_runtime", "collect_report", "cli_doctor"]
 
 _PACKAGES = (
     "numpy", "scipy", "nibabel", "nilearn", "SimpleITK", "torch", "monai", "captum",
@@ -44,20 +44,23 @@ def describe_device() -> str:
     return f"CPU only ({os.cpu_count()} cores)"
 
 
-def describe_runtime() -> str:
-    """Print and return one line: mstoolkit/torch versions, device and platform."""
+def runtime_summary() -> str:
+    """One line: mstoolkit/torch versions, device and platform."""
     from . import __version__
 
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         torch_version = "missing"
-    line = (
+    return (
         f"mstoolkit {__version__} · Python {platform.python_version()} · torch {torch_version} · "
         f"{describe_device()} · running on {detect_platform()}"
     )
-    print(line)
-    return line
+
+
+def describe_runtime() -> None:
+    """Print :func:`runtime_summary` (every notebook's setup cell calls this)."""
+    print(runtime_summary())
 
 
 def _version(name: str) -> str | None:

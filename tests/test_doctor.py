@@ -17,9 +17,10 @@ def test_platform_detection(monkeypatch):
     assert doctor.detect_platform() == "colab"
 
 
-def test_describe_runtime_is_one_line(capsys):
-    line = doctor.describe_runtime()
-    assert capsys.readouterr().out.strip() == line
+def test_describe_runtime_prints_one_line(capsys):
+    assert doctor.describe_runtime() is None  # nothing echoed a second time in a notebook
+    line = capsys.readouterr().out.strip()
+    assert line == doctor.runtime_summary()
     assert "\n" not in line and "torch" in line and ("CPU only" in line or "GPU" in line)
 
 
