@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .io import MSToolkitInputError
+from .io import MSToolkitInputError, bounding_box
 
 __all__ = ["ATTRIBUTION_METHODS", "candidate_layers", "grad_cam", "input_attribution", "sequence_importance",
            "randomization_test", "plot_randomization", "pointing_game", "edge_map", "lesion_region",
@@ -187,14 +187,10 @@ def _bounds(mask: np.ndarray | None, shape: tuple[int, ...], margin: int) -> tup
     """Bounding box of a mask plus ``margin`` voxels (the whole volume when no mask)."""
     if mask is None:
         return tuple(slice(0, n) for n in shape)
-    mask = _check_mask(mask, shape, "roi_mask")
-    if not mask.any():
+    box = bounding_box(_check_mask(mask, shape, "roi_mask"), margin=margin)
+    if box is None:
         raise MSToolkitInputError("'roi_mask' is empty; pass the brain mask or a region holding the target.")
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, hit[0] - margin), min(shape[axis], hit[-1] + 1 + margin)))
-    return tuple(box)
+    return box
 
 
 def _resolve_target(target: Any, shape: tuple[int, ...]) -> np.ndarray | None:

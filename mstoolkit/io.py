@@ -36,6 +36,7 @@ __all__ = [
     "spacing_from_affine",
     "check_same_grid",
     "check_binary_mask",
+    "bounding_box",
 ]
 
 #: The MRI sequence names used throughout the toolkit.
@@ -168,6 +169,28 @@ def check_same_grid(
             f"matrices):\n{np.round(affine_a, 3)}\nvs\n{np.round(affine_b, 3)}\n"
             "Register or resample one onto the other's grid first (mstoolkit.preprocess)."
         )
+
+
+def bounding_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every non-zero voxel of ``mask``, grown by ``margin``.
+
+    The box grows by ``margin`` voxels on each side and is clipped to the array;
+    ``array[box]`` crops any array on the mask's grid. Returns None when the mask is empty.
+    Not called in the notebooks themselves: the metrics (notebook 04), Grad-CAM
+    (notebook 05) and uncertainty (notebook 06) functions use it to work only where a mask is.
+
+    >>> mask = np.zeros((5, 6, 7), bool); mask[2, 3, 1:4] = True
+    >>> bounding_box(mask, margin=1)
+    (slice(1, 4, None), slice(2, 5, None), slice(0, 5, None))
+    """
+    mask = np.asarray(mask)
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)
 
 
 # --------------------------------------------------------------------------- saving

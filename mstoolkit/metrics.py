@@ -55,7 +55,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .io import MSToolkitInputError, check_binary_mask
+from .io import MSToolkitInputError, bounding_box, check_binary_mask
 
 __all__ = [
     "MATCHING_PRESETS",
@@ -63,6 +63,7 @@ __all__ = [
     "ANIMA_MIN_LESION_MM3",
     "dice",
     "ndsc",
+    "ndsc_from_counts",
     "surface_distances",
     "hd95",
     "label_lesions",
@@ -121,17 +122,6 @@ def _prepare(pred: np.ndarray, truth: np.ndarray, brain_mask: np.ndarray | None)
     return pred, truth, n_voxels
 
 
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
-    """Slices of the box around the True voxels plus ``margin``; None when empty."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + margin + 1, mask.shape[axis])))
-    return tuple(box)
-
-
 def _ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator, with the empty-case policy: 0/0 is 1.0."""
     return 1.0 if denominator == 0 else float(numerator) / float(denominator)
@@ -155,7 +145,19 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return _ratio(2 * overlap, np.count_nonzero(pred) + np.count_nonzero(truth))
 
 
-def _ndsc_from_counts(tp: int, fp: int, fn: int, n_truth: int, n_voxels: int, r: float) -> float:
+def ndsc_from_counts(tp: int, fp: int, fn: int, *, n_truth: int, n_voxels: int, r: float = 0.001) -> float:
+    """nDSC from voxel counts: ``2TP / (2TP + k·FP + FN)``, ``k = (1−r)|G| / (r(N−|G|))``.
+
+    ``n_truth`` is ``|G|`` (truth voxels) and ``n_voxels`` is ``N``; nothing counted
+    (TP = FP = FN = 0) → 1.0, ``|G| = 0`` → ``k = 1``. :func:`ndsc` counts two masks
+    and calls it; the error-retention curve of notebook 06
+    (:func:`mstoolkit.uncertainty.retention_curve`) calls it on running counts.
+
+    >>> round(ndsc_from_counts(8, 2, 2, n_truth=10, n_voxels=10_000), 4)  # k = 1 at a 0.1 % load
+    0.8
+
+    Introduced in notebook 04 (metrics).
+    """
     if tp + fp + fn == 0:
         return 1.0
     k = 1.0 if n_truth == 0 or n_voxels == n_truth else (1 - r) * n_truth / (r * (n_voxels - n_truth))
@@ -183,7 +185,7 @@ def ndsc(pred: np.ndarray, truth: np.ndarray, *, r: float = 0.001, brain_mask: n
     pred, truth, n_voxels = _prepare(pred, truth, brain_mask)
     tp = np.count_nonzero(pred & truth)
     fp, fn = np.count_nonzero(pred) - tp, np.count_nonzero(truth) - tp
-    return _ndsc_from_counts(tp, fp, fn, tp + fn, n_voxels, r)
+    return ndsc_from_counts(tp, fp, fn, n_truth=tp + fn, n_voxels=n_voxels, r=r)
 
 
 # --------------------------------------------------------------------------- surface metrics
@@ -218,7 +220,7 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray, *, spacing: Sequence[
         raise MSToolkitInputError(f"'pred' has shape {pred.shape} but 'truth' has shape {truth.shape}.")
     if not pred.any() or not truth.any():
         return np.zeros(0), np.zeros(0)
-    box = _bounding_box(pred | truth, margin=1)
+    box = bounding_box(pred | truth, margin=1)
     offset = np.array([s.start for s in box])
     pred_points = _surface_coordinates(pred[box], offset, spacing_arr)
     truth_points = _surface_coordinates(truth[box], offset, spacing_arr)
@@ -435,7 +437,7 @@ def evaluate(
     spacing = _check_spacing(spacing)
     pred, truth, n_voxels = _prepare(pred, truth, brain_mask)
     voxel_mm3 = float(np.prod(spacing))
-    box = _bounding_box(pred | truth, margin=1)
+    box = bounding_box(pred | truth, margin=1)
     if box is not None:  # everything below only needs the box around both masks
         pred, truth = pred[box], truth[box]
 
@@ -444,7 +446,7 @@ def evaluate(
     fp, fn = n_pred - tp, n_truth - tp
     result: dict = {
         "dice": _ratio(2 * tp, n_pred + n_truth),
-        "ndsc": _ndsc_from_counts(tp, fp, fn, n_truth, n_voxels, 0.001),
+        "ndsc": ndsc_from_counts(tp, fp, fn, n_truth=n_truth, n_voxels=n_voxels, r=0.001),
         "sensitivity": _ratio(tp, n_truth),
         "precision": _ratio(tp, n_pred),
     }
@@ -517,7 +519,7 @@ def lesion_table(
     _check_options(connectivity, matching, "pooled", iou_threshold, alpha, beta, gamma, min_lesion_mm3)
     spacing = _check_spacing(spacing)
     pred, truth, _ = _prepare(pred, truth, brain_mask)
-    box = _bounding_box(pred | truth, margin=1)
+    box = bounding_box(pred | truth, margin=1)
     offset = np.zeros(3) if box is None else np.array([s.start for s in box], dtype=float)
     if box is not None:
         pred, truth = pred[box], truth[box]

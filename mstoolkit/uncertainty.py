@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .io import MSToolkitInputError
+from .io import MSToolkitInputError, bounding_box
+from .metrics import ndsc_from_counts
 
 __all__ = ["SAMPLING_METHODS", "UNCERTAINTY_MEASURES", "mc_dropout", "sample_predictions",
            "uncertainty_maps", "lesion_uncertainty", "calibration", "fit_temperature", "apply_temperature",
@@ -88,14 +89,10 @@ def _check_inputs(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
 def _box(mask: np.ndarray | None, shape: tuple[int, ...], margin: int = 8) -> tuple[slice, ...]:
     if mask is None:
         return tuple(slice(0, n) for n in shape)
-    mask = _as_bool(mask, shape, "brain_mask")
-    if not mask.any():
+    box = bounding_box(_as_bool(mask, shape, "brain_mask"), margin=margin)
+    if box is None:
         raise MSToolkitInputError("'brain_mask' is empty.")
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, hit[0] - margin), min(shape[axis], hit[-1] + 1 + margin)))
-    return tuple(box)
+    return box
 
 
 def _as_bool(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -471,8 +468,6 @@ def retention_curve(
 
     Introduced in notebook 06.
     """
-    from .metrics import _ndsc_from_counts
-
     shape = np.shape(pred)
     brain = _as_bool(brain_mask, shape, "brain_mask")
     p = _as_bool(pred, shape, "pred")[brain]
@@ -492,8 +487,8 @@ def retention_curve(
     for f in fractions:
         kept = int(n * f)
         replaced_truth = int(cum_truth[-1] - cum_truth[kept])  # referred voxels become exact
-        scores.append(_ndsc_from_counts(int(cum_tp[kept]) + replaced_truth, int(cum_fp[kept]), int(cum_fn[kept]),
-                                        int(cum_truth[-1]), n, r))
+        scores.append(ndsc_from_counts(int(cum_tp[kept]) + replaced_truth, int(cum_fp[kept]), int(cum_fn[kept]),
+                                       n_truth=int(cum_truth[-1]), n_voxels=n, r=r))
     scores = np.asarray(scores)
     return {"fractions": fractions, "ndsc": scores, "area_above": float(1.0 - np.trapezoid(scores, fractions))}
 
