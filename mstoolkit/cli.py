@@ -54,7 +54,7 @@ def _add_data(sub) -> None:
                    help="resample to this voxel size in mm, e.g. 1 1 3 for a 2D-FLAIR-like scan")
     p.add_argument("--t1ce", action="store_true", help="also write a gadolinium-enhanced T1 (T1CE)")
     p.add_argument("--raw", action="store_true", help="also write the 'raw' scan: skull on, bias, non-RAS, anisotropic")
-    p.set_defaults(run=_handler("phantom", "cli_phantom"))
+    p.set_defaults(run=_handler("phantom_dataset", "cli_phantom"))
 
     p = dsub.add_parser("list", help="list the datasets the toolkit knows")
     p.set_defaults(run=_handler("download", "cli_list"))

@@ -194,7 +194,7 @@ def ensure_phantom(
     Notebooks call this so they run on a fresh machine with no download: the
     phantom is built from templates shipped inside nilearn's wheel.
     """
-    from .phantom import generate_dataset
+    from .phantom_dataset import generate_dataset
 
     out = Path(data_dir) if data_dir is not None else phantom_dir(n_subjects, seed, longitudinal=longitudinal)
     if (out / "participants.tsv").exists():

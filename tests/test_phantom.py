@@ -1,18 +1,14 @@
-"""Tests of the synthetic MS phantom (mstoolkit.phantom)."""
+"""Tests of the synthetic MS phantom (mstoolkit.phantom, its anatomy and lesion model)."""
 
 from __future__ import annotations
-
-import json
 
 import cc3d
 import nibabel as nib
 import numpy as np
 import pytest
 
-from mstoolkit import phantom
-from mstoolkit.cli import main as cli_main
-from mstoolkit.datasets import ensure_phantom, list_cases, load_dataset_case
-from mstoolkit.io import MSToolkitInputError, load_image, load_mask
+from mstoolkit import phantom, phantom_anatomy, phantom_dataset, phantom_lesions
+from mstoolkit.io import MSToolkitInputError, load_image
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +19,7 @@ def case():
 def _scene_mask(seed: int) -> tuple[np.ndarray, dict, list]:
     """The lesion mask of subject ``seed`` without rendering images (cheaper)."""
     anatomy, lesions, _ = phantom._scene(seed)
-    tissue = phantom._tissue_with_lesions(anatomy, phantom._rasterise(lesions)[0])
+    tissue = phantom._tissue_with_lesions(anatomy, phantom_lesions._rasterise(lesions)[0])
     lesion, _ = phantom._masks(tissue)
     return (lesion > 0.5).astype(np.uint8), anatomy, lesions
 
@@ -43,7 +39,7 @@ def test_grid_types_and_orientation(case):
     for mask in (case.mask, case.brain_mask):
         assert mask.dtype == np.uint8 and mask.shape == case.shape
         assert set(np.unique(mask)) <= {0, 1}
-    np.testing.assert_array_equal(case.affine, phantom.MNI_AFFINE)
+    np.testing.assert_array_equal(case.affine, phantom_anatomy.MNI_AFFINE)
     assert nib.aff2axcodes(case.affine) == ("R", "A", "S")
     assert case.spacing == (1.0, 1.0, 1.0)
 
@@ -91,7 +87,7 @@ def test_lesion_statistics_match_the_fitted_ranges():
         stats = cc3d.statistics(labels)
         counts.append(int(labels.max()))
         volumes += list(stats["voxel_counts"][1:])
-        zones += phantom._zone_of(stats["centroids"][1:])
+        zones += phantom_lesions._zone_of(stats["centroids"][1:])
     # Real masks (open_ms_data): 17-392 lesions per subject, median volume 17 mm^3, max ~39 mL.
     assert all(5 <= n <= 450 for n in counts), counts
     assert 5 <= np.median(volumes) <= 50
@@ -99,19 +95,19 @@ def test_lesion_statistics_match_the_fitted_ranges():
     assert max(volumes) < 60000
     share = {z: zones.count(z) / len(zones) for z in set(zones)}
     assert share.get("periventricular", 0) > share.get("juxtacortical", 0)
-    for zone, real_share in phantom._REAL_ZONE_SHARE.items():  # measured on the real masks
+    for zone, real_share in phantom_lesions._REAL_ZONE_SHARE.items():  # measured on the real masks
         assert abs(share.get(zone, 0.0) - real_share) < 0.15, (zone, share)
 
 
 def test_periventricular_lesions_point_away_from_the_ventricles():
     _, anatomy, lesions = _scene_mask(0)
-    template = phantom._template()
+    template = phantom_anatomy._template()
     dots = []
     for les in lesions:
         if les.zone != "periventricular":
             continue
         # Where this lesion's voxel sits in the template, whose ventricles define "away".
-        flat = np.ravel_multi_index(tuple(np.rint(les.centre).astype(int)), phantom.MNI_SHAPE)
+        flat = np.ravel_multi_index(tuple(np.rint(les.centre).astype(int)), phantom_anatomy.MNI_SHAPE)
         pos = np.searchsorted(template["domain"], flat)
         i, j, k = (anatomy["coords"][:, pos] // 2).astype(int)
         dots.append(abs(les.rotation[:, 0] @ template["away"][:, i, j, k]))
@@ -149,35 +145,6 @@ def test_longitudinal_change_mask_is_new_and_enlarged_voxels():
     assert not np.array_equal(baseline.images["FLAIR"], followup.images["FLAIR"])
 
 
-def test_dataset_layout_is_read_back(tmp_path):
-    # ensure_phantom passes its options through to generate_dataset
-    out = ensure_phantom(tmp_path / "ds", n_subjects=2, seed=3, spacing=(2, 2, 2), progress=False)
-    assert [c.case_id for c in list_cases(out)] == ["sub-001", "sub-002"]
-    rows = [line.split("\t") for line in (out / "participants.tsv").read_text().splitlines()]
-    header = rows[0]
-    assert header[:2] == ["participant_id", "profile"] and {"n_lesions", "lesion_volume_ml", "seed"} <= set(header)
-    first = dict(zip(header, rows[1]))
-    loaded = load_dataset_case(out, "sub-001")
-    assert loaded.shape == (91, 109, 91) and loaded.spacing == (2.0, 2.0, 2.0)
-    assert cc3d.connected_components(loaded.mask, connectivity=26).max() == int(first["n_lesions"])
-    regenerated = phantom.generate_subject(seed=int(first["seed"]), profile=first["profile"], spacing=(2, 2, 2))
-    np.testing.assert_allclose(loaded.images["FLAIR"], regenerated.images["FLAIR"], atol=0.51)
-    description = json.loads((out / "dataset_description.json").read_text())
-    assert description["seed"] == 3 and "MNI" in description["License"]
-    with pytest.raises(MSToolkitInputError, match="not an empty folder"):
-        phantom.generate_dataset(out, n_subjects=1, seed=0)
-
-
-def test_longitudinal_dataset_layout(tmp_path):
-    out = phantom.generate_dataset(tmp_path / "long", n_subjects=1, seed=0, longitudinal=True,
-                                   spacing=(2, 2, 2), progress=False)
-    assert [c.case_id for c in list_cases(out)] == ["sub-001_ses-01", "sub-001_ses-02"]
-    change, affine = load_mask(out / "sub-001" / "sub-001_label-change_mask.nii.gz")
-    baseline = load_dataset_case(out, "sub-001_ses-01")
-    assert change.shape == baseline.shape and np.allclose(affine, baseline.affine)
-    assert "n_new" in (out / "participants.tsv").read_text()
-
-
 def test_raw_scan_has_skull_bias_and_lps_axes(tmp_path):
     scan = phantom.generate_raw_scan(seed=0, spacing=(2, 2, 4))
     assert nib.aff2axcodes(scan["affine"]) == ("L", "P", "S")
@@ -186,24 +153,11 @@ def test_raw_scan_has_skull_bias_and_lps_axes(tmp_path):
     assert set(np.unique(scan["mask"])) <= {0, 1} and scan["mask"].sum() > 0
     head = flair > 0.3 * np.median(flair[scan["brain_mask"] > 0])
     assert head.sum() > 1.2 * scan["brain_mask"].sum()  # skull and scalp are there
-    paths = phantom.raw_paths(tmp_path, "sub-001")
-    phantom._save_image(paths["FLAIR"], flair, scan["affine"])
+    paths = phantom_dataset.raw_paths(tmp_path, "sub-001")
+    phantom_dataset._save_image(paths["FLAIR"], flair, scan["affine"])
     image, affine = load_image(paths["FLAIR"])
     assert nib.aff2axcodes(affine) == ("R", "A", "S")  # io turns it to RAS+
     np.testing.assert_allclose(image[::-1, ::-1, :], np.rint(flair), atol=0.51)
-
-
-def test_cli_writes_a_dataset_that_ensure_phantom_reuses(tmp_path, capsys):
-    out = tmp_path / "cli"
-    code = cli_main(["data", "phantom", "--out", str(out), "--n", "1", "--seed", "1",
-                     "--spacing", "3", "3", "3", "--profile", "high_res"])
-    assert code == 0
-    assert "Wrote 1 subjects" in capsys.readouterr().out
-    assert list_cases(out)[0].case_id == "sub-001"
-    assert "high_res" in (out / "participants.tsv").read_text()
-    stamp = (out / "participants.tsv").stat().st_mtime_ns
-    assert ensure_phantom(out, n_subjects=1, seed=1) == out
-    assert (out / "participants.tsv").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
 @pytest.mark.parametrize(
@@ -214,17 +168,9 @@ def test_cli_writes_a_dataset_that_ensure_phantom_reuses(tmp_path, capsys):
         (lambda: phantom.generate_subject(seed=0, spacing=(1.0, 1.0)), "'spacing' must be 3 positive numbers"),
         (lambda: phantom.generate_subject(seed=-1), "'seed' must be a non-negative integer"),
         (lambda: phantom.generate_subject(seed=0, n_lesions=-2), "'n_lesions' must be an integer from 0"),
-        (lambda: phantom.generate_dataset("unused", n_subjects=0, seed=0), "'n_subjects' must be an integer >= 1"),
-        (lambda: phantom.generate_dataset("unused", n_subjects=1, seed=0, profile="x"), "Unknown profile 'x'"),
         (lambda: phantom.generate_longitudinal_pair(seed=0, misregistration_mm=-1), "'misregistration_mm'"),
     ],
 )
 def test_bad_options_raise_clear_errors(call, message):
     with pytest.raises(MSToolkitInputError, match=message):
         call()
-
-
-def test_cli_reports_bad_options(tmp_path, capsys):
-    code = cli_main(["data", "phantom", "--out", str(tmp_path / "x"), "--n", "0"])
-    assert code == 2
-    assert "'n_subjects' must be an integer >= 1" in capsys.readouterr().err
