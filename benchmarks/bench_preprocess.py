@@ -30,14 +30,14 @@ def _limit_threads(threads: int) -> None:
 
 def _skull_on_case(seed: int):
     """The phantom's raw (skull-on, 1 x 1 x 3 mm) FLAIR resampled to 1 mm, and its true brain mask."""
-    from mstoolkit import phantom, preprocess
+    from mstoolkit import phantom, registration
     from mstoolkit.io import Case
 
     raw = phantom.generate_raw_scan(seed=seed)
-    image, affine = preprocess.reorient_to_ras(raw["images"]["FLAIR"], raw["affine"])
-    truth, _ = preprocess.reorient_to_ras(raw["brain_mask"], raw["affine"])
-    image, new_affine = preprocess.resample_to_spacing(image, affine, (1.0, 1.0, 1.0))
-    truth, _ = preprocess.resample_to_spacing(truth, affine, (1.0, 1.0, 1.0), is_mask=True)
+    image, affine = registration.reorient_to_ras(raw["images"]["FLAIR"], raw["affine"])
+    truth, _ = registration.reorient_to_ras(raw["brain_mask"], raw["affine"])
+    image, new_affine = registration.resample_to_spacing(image, affine, (1.0, 1.0, 1.0))
+    truth, _ = registration.resample_to_spacing(truth, affine, (1.0, 1.0, 1.0), is_mask=True)
     return Case("raw", {"FLAIR": image}, new_affine), truth, "phantom.generate_raw_scan"
 
 

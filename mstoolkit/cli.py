@@ -107,7 +107,7 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--normalize", choices=["zscore", "percentile", "nyul"], default=None,
                    help="intensity normalisation (within the brain mask with --skull-strip)")
     p.add_argument("--landmarks", default=None,
-                   help="JSON file with {\"landmarks\": [...]} from preprocess.nyul_landmarks (for --normalize nyul)")
+                   help="JSON file with {\"landmarks\": [...]} from normalization.nyul_landmarks (for --normalize nyul)")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="resample to this voxel size in mm (not with --reference)")
     p.set_defaults(run=_handler("preprocess", "cli_preprocess"))

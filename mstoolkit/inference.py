@@ -53,7 +53,7 @@ def prepare_inputs(case: Case, sequences: Sequence[str] = ("FLAIR", "T1")) -> np
 
     Introduced in notebook 03.
     """
-    from .preprocess import normalize_zscore
+    from .normalization import normalize_zscore
 
     if "FLAIR" in sequences and "FLAIR" not in case.images:
         raise MSToolkitInputError(
@@ -267,7 +267,7 @@ def _onto_flair_grid(image: np.ndarray, affine: np.ndarray, flair: np.ndarray, f
     from .io import check_same_grid
 
     if register:
-        from .preprocess import register as register_images, resample_to_reference
+        from .registration import register as register_images, resample_to_reference
 
         transform = register_images(image, affine, flair, flair_affine, kind="rigid")
         return resample_to_reference(image, affine, flair.shape, flair_affine, transform=transform)

@@ -161,13 +161,13 @@ def check_same_grid(
         raise MSToolkitInputError(
             f"{names[0]} has shape {tuple(shape_a)} but {names[1]} has shape {tuple(shape_b)}: they are on "
             "different grids. Resample one onto the other first, e.g. "
-            "mstoolkit.preprocess.resample_to_reference(image, affine, reference_shape, reference_affine)."
+            "mstoolkit.registration.resample_to_reference(image, affine, reference_shape, reference_affine)."
         )
     if not np.allclose(affine_a, affine_b, atol=atol):
         raise MSToolkitInputError(
             f"{names[0]} and {names[1]} have the same shape but different affines (voxel-to-world "
             f"matrices):\n{np.round(affine_a, 3)}\nvs\n{np.round(affine_b, 3)}\n"
-            "Register or resample one onto the other's grid first (mstoolkit.preprocess)."
+            "Register or resample one onto the other's grid first (mstoolkit.registration)."
         )
 
 
@@ -292,7 +292,7 @@ class Case:
             listed = ", ".join(f"{k} {v}" for k, v in shapes.items())
             raise MSToolkitInputError(
                 f"Case '{self.case_id}': images are on different grids ({listed}). "
-                "Resample them onto the FLAIR grid first (mstoolkit.preprocess.resample_to_reference)."
+                "Resample them onto the FLAIR grid first (mstoolkit.registration.resample_to_reference)."
             )
         if self.mask is not None:
             self.mask = check_binary_mask(self.mask, f"{self.case_id} lesion mask")

@@ -5,7 +5,7 @@ and a ``"label"`` (the lesion mask). It returns ``{"image": (C, x, y, z), "label
 (1, x, y, z)}`` with channels in the order of ``sequences``. Two kinds of input:
 
 * in memory (default): arrays from a :class:`~mstoolkit.io.Case`, see :func:`case_to_dict`;
-  they are already RAS+ on one grid (resample with :mod:`mstoolkit.preprocess` first);
+  they are already RAS+ on one grid (resample with :mod:`mstoolkit.registration` first);
 * files (``from_files=True``): NIfTI paths, loaded, reoriented to RAS and optionally
   resampled by MONAI (``LoadImaged``, ``Orientationd``, ``Spacingd``).
 
@@ -130,7 +130,7 @@ def _start(sequences: list[str], *, from_files: bool, spacing: Sequence[float] |
     else:
         if spacing is not None:
             raise MSToolkitInputError(
-                "'spacing' needs from_files=True; resample in-memory cases with mstoolkit.preprocess.resample_to_spacing."
+                "'spacing' needs from_files=True; resample in-memory cases with mstoolkit.registration.resample_to_spacing."
             )
         steps = [mt.EnsureChannelFirstd(keys, channel_dim="no_channel")]
     steps += [mt.EnsureTyped(keys, dtype="float32", track_meta=from_files)]
@@ -252,8 +252,8 @@ def augmentation_grid(
     import torch
     from scipy import ndimage
 
+    from .normalization import normalize_percentile
     from .plots import OVERLAY_COLOURS, take_slice
-    from .preprocess import normalize_percentile
 
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:

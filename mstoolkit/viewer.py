@@ -56,7 +56,7 @@ def _check_overlay_grid(extra: Any, shape: tuple, name: str) -> np.ndarray | Non
     if extra.shape != shape:
         raise MSToolkitInputError(
             f"'{name}' has shape {extra.shape} but 'image' has shape {shape}: they must be on the same grid. "
-            "Resample it first (mstoolkit.preprocess.resample_to_reference)."
+            "Resample it first (mstoolkit.registration.resample_to_reference)."
         )
     return extra
 

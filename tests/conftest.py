@@ -1,6 +1,7 @@
 """Fixtures shared by the whole test suite: tiny, odd-shaped synthetic volumes.
 
-Module-specific fixtures live in that module's test file.
+Also the MNI template and a synthetic skull-on head that the registration and
+preprocessing tests share. Module-specific fixtures live in that module's test file.
 """
 
 from __future__ import annotations
@@ -36,3 +37,57 @@ def tiny_image(rng: np.random.Generator) -> np.ndarray:
 def empty_mask() -> np.ndarray:
     """An all-zero uint8 (7, 8, 9) mask."""
     return np.zeros(ODD_SHAPE, dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- registration and preprocessing
+
+
+def _rigid(angles_deg, shift_mm, scale: float = 1.0) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    matrix = np.eye(4)
+    matrix[:3, :3] = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix() * scale
+    matrix[:3, 3] = shift_mm
+    return matrix
+
+
+@pytest.fixture(scope="session")
+def rigid():
+    """``rigid(angles_deg, shift_mm, scale=1.0)``: a 4x4 world move (rotation about x, y, z, then shift)."""
+    return _rigid
+
+
+@pytest.fixture(scope="module")
+def template2():
+    """MNI template at 2 mm: (image, brain mask, affine)."""
+    from mstoolkit.preprocess import load_mni_template
+
+    return load_mni_template(resolution=2)
+
+
+@pytest.fixture(scope="module")
+def synthetic_head(template2):
+    """A skull-on head: deformed MNI brain + dark bone + bright scalp, placed by a known rigid+scale move.
+
+    Returns (image, true brain mask, affine, move) where move maps template world to head world.
+    """
+    from scipy import ndimage
+
+    t1, brain, affine = template2
+    rng = np.random.default_rng(1)
+    shape = t1.shape
+    coarse = [rng.normal(0, 1, (5, 6, 5)) for _ in range(3)]
+    disp = [ndimage.zoom(c, np.array(shape) / np.array(c.shape), order=3)[: shape[0], : shape[1], : shape[2]] * 1.5 for c in coarse]
+    grid = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    coords = [g + d for g, d in zip(grid, disp)]
+    t1d = ndimage.map_coordinates(t1, coords, order=1)
+    truth = (ndimage.map_coordinates(brain.astype(float), coords, order=1) > 0.5).astype(np.uint8)
+    head = ndimage.binary_dilation(truth, iterations=6)
+    bone = head & ~ndimage.binary_dilation(truth, iterations=1)
+    scalp = head & ~ndimage.binary_dilation(truth, iterations=4)
+    image = t1d.copy()
+    image[bone & ~scalp] = 0.1
+    image[scalp] = 0.8
+    image = (image + rng.normal(0, 0.02, shape)).astype(np.float32)
+    move = _rigid([6, -4, 3], [4, -6, 3], scale=1.04)
+    return image, truth, move @ affine, move
