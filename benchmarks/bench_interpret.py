@@ -46,11 +46,11 @@ def _load():
 
 def _one(name: str) -> dict:
     """Run one measurement in this (fresh) process."""
-    from mstoolkit import interpret
+    from mstoolkit import interpret, interpret_checks
 
     case, model, inputs, brain, np = _load()
     target = case.mask > 0  # a fixed, known region: the ground-truth lesions
-    lesion = interpret.example_targets(target, target)["true positive"]
+    lesion = interpret_checks.example_targets(target, target)["true positive"]
     start = time.perf_counter()
     if name == "grad_cam":
         interpret.grad_cam(model, inputs, target="prediction", roi_mask=brain)
@@ -66,9 +66,9 @@ def _one(name: str) -> dict:
         found = {"predicted_voxels": int(predicted.sum())}
         for layer_kind, layer in interpret.candidate_layers(model).items():
             cam = interpret.grad_cam(model, inputs, target=region, layer=layer, roi_mask=brain)
-            found[f"pointing_game_{layer_kind}"] = round(interpret.pointing_game(cam, region, brain_mask=brain), 3)
+            found[f"pointing_game_{layer_kind}"] = round(interpret_checks.pointing_game(cam, region, brain_mask=brain), 3)
         for method in ("grad_cam", "saliency"):
-            table = interpret.randomization_test(model, inputs, method, region, steps=2, roi_mask=brain)
+            table = interpret_checks.randomization_test(model, inputs, method, region, steps=2, roi_mask=brain)
             found[f"spearman_full_randomisation_{method}"] = round(float(table["spearman"].iloc[-1]), 3)
             found[f"spearman_abs_full_randomisation_{method}"] = round(float(table["spearman_abs"].iloc[-1]), 3)
         return {"name": name, "case": case.case_id, **found}

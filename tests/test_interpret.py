@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.interpret: Grad-CAM against captum, tiling, attributions, sanity checks."""
+"""Tests of mstoolkit.interpret: Grad-CAM against captum, tiling, attributions; the checks that need the toy model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from mstoolkit import interpret
+from mstoolkit import interpret, interpret_checks
 from mstoolkit.io import MSToolkitInputError
 
 SHAPE = (32, 16, 48)
@@ -134,8 +134,8 @@ def test_ignored_sequence_gets_no_attribution(toy, inputs, region):
     small[12:16, 6:8, 10:14] = True
     occlusion = interpret.input_attribution(toy, inputs, method="occlusion", target=small, window=8, margin=0)
     assert np.abs(occlusion[0]).max() > 1e-3 > 1e-5 > np.abs(occlusion[1]).max()  # float noise only
-    table = interpret.sequence_importance(toy, inputs, sequences=("FLAIR", "T1"), target=region,
-                                          method="gradient_x_input")
+    table = interpret_checks.sequence_importance(toy, inputs, sequences=("FLAIR", "T1"), target=region,
+                                                 method="gradient_x_input")
     t1 = table.set_index("sequence").loc["T1"]
     assert t1["attribution_share"] == 0 and t1["dice_drop"] == 0
     assert table["attribution_share"].sum() == pytest.approx(1.0)
@@ -150,43 +150,14 @@ def test_modes_are_restored_and_dropout_is_off(toy, inputs, region):
 
 
 def test_randomization_decorrelates_grad_cam(toy, inputs, region):
-    table = interpret.randomization_test(toy, inputs, "grad_cam", region, layer="dec")
+    table = interpret_checks.randomization_test(toy, inputs, "grad_cam", region, layer="dec")
     assert list(table["randomised_to"]) == ["none", "head", "dec", "up", "down", "enc"]
     assert table["spearman"].iloc[0] == 1.0 and table["spearman"].iloc[-1] < 0.3
-    merged = interpret.randomization_test(toy, inputs, "gradient_x_input", region, steps=2)
+    merged = interpret_checks.randomization_test(toy, inputs, "gradient_x_input", region, steps=2)
     assert len(merged) == 3 and merged["randomised_to"].iloc[-1] == "enc"
     assert torch.isfinite(toy.head.weight).all()  # the original model is untouched
-    ax = interpret.plot_randomization({"Grad-CAM": table, "gradient × input": merged})
+    ax = interpret_checks.plot_randomization({"Grad-CAM": table, "gradient × input": merged})
     assert ax.get_title().startswith("Cascading")
-
-
-def test_pointing_game_edge_map_and_display():
-    brain = np.ones((8, 8, 8), bool)
-    lesion = np.zeros_like(brain)
-    lesion[2:4, 2:4, 2:4] = True
-    assert interpret.pointing_game(np.ones((8, 8, 8)), lesion, brain_mask=brain) == pytest.approx(1.0)
-    assert interpret.pointing_game(lesion * 2.0 - 1.0, lesion, brain_mask=brain) == pytest.approx(64.0)
-    step = np.zeros((9, 8, 7), np.float32)
-    step[5:] = 1.0
-    edges = interpret.edge_map(step)
-    assert edges[4:6].min() > 0 and edges[:3].max() == 0 and edges[7:].max() == 0
-    shown = interpret.normalize_for_display(np.linspace(-1, 3, 8 * 8 * 8).reshape(8, 8, 8))
-    assert shown.min() == 0 and shown.max() == 1
-    ax = interpret.plot_map(step, step, contour=step > 0, title="toy")
-    assert ax.get_title() == "toy"
-
-
-def test_lesion_region_matches_metrics_numbering():
-    from mstoolkit.metrics import lesion_table
-
-    mask = np.zeros((12, 10, 9), np.uint8)
-    mask[1:3, 1:3, 1:3] = 1  # 8 voxels
-    mask[7:10, 5:8, 4:7] = 1  # 27 voxels
-    table = lesion_table(mask, mask, spacing=(1, 1, 1)).query("source == 'pred'")
-    for _, row in table.iterrows():
-        assert interpret.lesion_region(mask, int(row["lesion"])).sum() == row["volume_mm3"]
-    with pytest.raises(MSToolkitInputError, match="between 1 and 2"):
-        interpret.lesion_region(mask, 3)
 
 
 def test_errors(toy, inputs, region):
@@ -207,6 +178,4 @@ def test_errors(toy, inputs, region):
     with pytest.raises(MSToolkitInputError, match="multiples of 2"):
         interpret.grad_cam(toy, inputs, target=region, patch_size=(41, 41, 41))
     with pytest.raises(MSToolkitInputError, match="allowed: grad_cam"):
-        interpret.randomization_test(toy, inputs, "guided_backprop", region)
-    with pytest.raises(MSToolkitInputError, match="no voxel inside the brain"):
-        interpret.pointing_game(np.ones((4, 4, 4)), np.zeros((4, 4, 4)), brain_mask=np.ones((4, 4, 4)))
+        interpret_checks.randomization_test(toy, inputs, "guided_backprop", region)
