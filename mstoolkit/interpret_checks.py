@@ -316,7 +316,7 @@ def edge_map(image: np.ndarray) -> np.ndarray:
 
 
 def lesion_region(mask: np.ndarray, lesion_id: int, *, connectivity: int = 26) -> np.ndarray:
-    """Boolean region of lesion ``lesion_id`` of a mask, numbered as in ``mstoolkit.metrics.lesion_table``.
+    """Boolean region of lesion ``lesion_id`` of a mask, numbered as in ``mstoolkit.metric_tables.lesion_table``.
 
     Introduced in notebook 05.
     """

@@ -1,6 +1,6 @@
 """Cohort summaries, volume agreement, simulated raters, and the ``mstoolkit evaluate`` command.
 
-:func:`mstoolkit.metrics.evaluate_cohort` gives one row of metrics per case;
+:func:`mstoolkit.metric_tables.evaluate_cohort` gives one row of metrics per case;
 this module turns such a table into what a paper reports: mean ± sd with the
 empty-case policy stated, the Pearson correlation and Bland–Altman agreement
 of total lesion volume, and their figure. :func:`simulate_rater` makes a
@@ -52,7 +52,7 @@ def summarize_cohort(table: "pd.DataFrame", *, metrics: Sequence[str] = _SUMMARY
 
     missing = [m for m in metrics if m not in table.columns]
     if missing:
-        raise MSToolkitInputError(f"The table has no column(s) {missing}; make it with mstoolkit.metrics.evaluate_cohort.")
+        raise MSToolkitInputError(f"The table has no column(s) {missing}; make it with mstoolkit.metric_tables.evaluate_cohort.")
     empty = table["empty"] if "empty" in table.columns else pd.Series("none", index=table.index)
     if exclude_empty:
         table, empty = table[empty == "none"], empty[empty == "none"]
@@ -83,7 +83,7 @@ def volume_agreement(table: "pd.DataFrame") -> dict:
     """Total lesion volume agreement: Pearson r and Bland–Altman bias and limits (mL).
 
     Uses the ``volume_pred_ml`` and ``volume_truth_ml`` columns of
-    :func:`mstoolkit.metrics.evaluate_cohort`. Bland–Altman: differences
+    :func:`mstoolkit.metric_tables.evaluate_cohort`. Bland–Altman: differences
     pred − truth; bias = their mean; 95 % limits of agreement = bias ± 1.96 sd.
     With fewer than 3 cases, or constant volumes, ``pearson_r`` is NaN and a
     warning says why. Introduced in notebook 04 (metrics).
@@ -234,7 +234,7 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     one grid; ``--brain-mask`` is one file for every case or a folder of
     same-named files.
     """
-    from .metrics import evaluate_cohort
+    from .metric_tables import evaluate_cohort
 
     single = args.pred is not None or args.truth is not None
     cohort = args.pred_dir is not None or args.truth_dir is not None

@@ -30,7 +30,7 @@ def test_pointing_game_edge_map_and_display():
 
 
 def test_lesion_region_matches_metrics_numbering():
-    from mstoolkit.metrics import lesion_table
+    from mstoolkit.metric_tables import lesion_table
 
     mask = np.zeros((12, 10, 9), np.uint8)
     mask[1:3, 1:3, 1:3] = 1  # 8 voxels

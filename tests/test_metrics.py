@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.metrics and mstoolkit.report: hand-computed cases and independent libraries."""
+"""Tests of mstoolkit.metrics, mstoolkit.metric_tables and mstoolkit.report: hand-computed cases and independent libraries."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ import numpy as np
 import pytest
 
 from mstoolkit.io import MSToolkitInputError, save_mask
-from mstoolkit.metrics import (
-    dice,
-    evaluate,
-    evaluate_cohort,
-    hd95,
-    label_lesions,
-    lesion_table,
-    metrics_by_lesion_size,
-    ndsc,
-    surface_distances,
-)
+from mstoolkit.metric_tables import evaluate_cohort, lesion_table, metrics_by_lesion_size
+from mstoolkit.metrics import dice, evaluate, hd95, label_lesions, ndsc, surface_distances
 from mstoolkit.report import bland_altman_figure, simulate_rater, summarize_cohort, volume_agreement
 
 SHAPE = (7, 8, 9)
