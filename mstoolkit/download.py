@@ -1,13 +1,14 @@
-"""Download public MS datasets and convert them into the toolkit's case layout.
+"""Download public MS datasets and lay them out as the toolkit's cases.
 
-Every download is checksummed (SHA-256, or the upstream git blob SHA-1
-``sha1(b"blob %d\\0" % len(data) + data)``), resumable (HTTP ``Range``) and
-atomic: bytes go to ``NAME.part``, are verified, and only then renamed, so a
-failed or corrupted transfer never leaves a file that looks complete. A
-``mirror`` (``http(s)://`` or ``file://``) replaces the upstream base URL for
-workshops without reliable network. Archives are extracted only after every
-member has been checked (no absolute paths, no ``..``, no links escaping:
-zip-slip / tar-slip). The manifests live in ``data_download/``.
+A manifest in ``data_download/`` lists each dataset's files with their checksums,
+licence and citation. :func:`download_dataset` fetches the chosen subsets and
+patients file by file (:func:`mstoolkit.fetch.download_file`: checksummed,
+resumable, atomic), from upstream or from a ``mirror`` (``http(s)://`` or
+``file://``) that replaces the upstream base URL for workshops without reliable
+network; it writes the licence and citation beside the data and indexes the
+co-registered subsets of ``open_ms_data`` as BIDS-like cases. Archives are
+extracted by :mod:`mstoolkit.archives`; datasets that need registration print
+the steps a user takes.
 
 Introduced in notebook 01 (data loading); see also ``mstoolkit data --help``.
 """
@@ -16,62 +17,36 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
-import http.client
 import io
 import json
-import logging
 import os
 import re
 import shutil
 import site
-import stat
 import sys
-import tarfile
-import time
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from urllib.error import HTTPError, URLError
+from pathlib import Path
 from urllib.parse import quote, urlparse
-from urllib.request import Request, url2pathname, urlopen
+from urllib.request import url2pathname
 
 from . import __version__
 from .datasets import bids_paths, default_data_dir
+from .fetch import _CHUNK, DownloadError, download_file, file_digest
 from .io import MSToolkitInputError
 
 __all__ = [
     "DATASETS",
-    "DownloadError",
     "DownloadReport",
     "dataset_dir",
     "load_manifest",
-    "file_digest",
-    "download_file",
-    "extract_archive",
     "select_files",
     "download_dataset",
     "cli_list",
     "cli_download",
 ]
 
-log = logging.getLogger(__name__)
-
 #: Datasets the toolkit knows; each has ``data_download/NAME.json``.
 DATASETS = ("open_ms_data", "mslesseg", "isbi2015", "msseg1", "msseg2")
-RETRIES = 3  # extra attempts after the first, with exponential backoff
-BACKOFF_S = 1.0
-TIMEOUT_S = 30.0
-_CHUNK = 1 << 20
-_OFFLINE_HINT = "check your connection, or use --mirror URL pointing at a copy (see data_download/README.md)"
-
-
-class DownloadError(RuntimeError):
-    """A transfer failed: network (``network=True``, retried already), HTTP error or checksum mismatch."""
-
-    def __init__(self, message: str, *, network: bool = False) -> None:
-        super().__init__(message)
-        self.network = network
 
 
 @dataclass
@@ -157,208 +132,6 @@ def select_files(manifest: dict, *, subsets: list[str] | None = None, patients: 
     groups = {f["path"].split("/")[0] for f in picked}
     shared = [f for f in files if _subset_of(f["path"]) is None and f["path"].split("/")[0] in groups]
     return shared + picked
-
-
-# --------------------------------------------------------------------------- single files
-
-
-def file_digest(path: str | os.PathLike, kind: str = "sha256") -> str:
-    """Hex digest of a file, streamed: ``"sha256"`` or ``"git_blob_sha1"``.
-
-    The git blob SHA-1 is what ``git hash-object`` prints, so any file of a git
-    repository can be verified against the repository's tree.
-    """
-    path = Path(path)
-    if kind == "sha256":
-        digest = hashlib.sha256()
-    elif kind == "git_blob_sha1":
-        digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    else:
-        raise MSToolkitInputError(f"'kind' must be 'sha256' or 'git_blob_sha1', got '{kind}'.")
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _problem(path: Path, sha256: str | None, git_blob_sha1: str | None, size: int | None) -> str | None:
-    """Why ``path`` is not the expected file, or None when it is."""
-    if size is not None and path.stat().st_size != size:
-        return f"size {path.stat().st_size} bytes, expected {size}"
-    for kind, expected in (("sha256", sha256), ("git_blob_sha1", git_blob_sha1)):
-        if expected:  # the strongest checksum known is enough
-            actual = file_digest(path, kind)
-            return None if actual == expected else f"{kind} {actual}, expected {expected}"
-    return None
-
-
-def _fetch(url: str, part: Path, progress) -> bool:
-    """Append the rest of ``url`` to ``part`` (resuming); False when the source has no such file."""
-    offset = part.stat().st_size if part.exists() else 0
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        source = Path(url2pathname(parsed.path))
-        if not source.is_file():
-            return False
-        part.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb") as src, open(part, "ab" if offset <= source.stat().st_size else "wb") as out:
-            src.seek(offset if out.tell() else 0)
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
-                out.write(chunk)
-                progress.update(len(chunk))
-        return True
-    request = Request(url, headers={"User-Agent": f"mstoolkit/{__version__}"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    try:
-        response = urlopen(request, timeout=TIMEOUT_S)
-    except HTTPError as err:
-        if err.code == 404:
-            return False
-        if err.code == 416:  # our partial file is not a prefix of theirs: start again
-            part.unlink()
-            raise
-        if err.code >= 500 or err.code == 429:
-            raise  # worth retrying
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
-    with response:
-        resumed = offset and response.status == 206
-        expected = response.headers.get("Content-Length")
-        received = 0
-        part.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "ab" if resumed else "wb") as out:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                out.write(chunk)
-                received += len(chunk)
-                progress.update(len(chunk))
-    # http.client returns b"" instead of raising when a server hangs up early
-    if expected is not None and received < int(expected):
-        raise ConnectionError(f"connection closed after {received} of {expected} bytes")
-    return True
-
-
-def download_file(
-    url: str,
-    target: str | os.PathLike,
-    *,
-    sha256: str | None = None,
-    git_blob_sha1: str | None = None,
-    size: int | None = None,
-    progress=None,
-) -> str:
-    """Download ``url`` to ``target`` atomically; return ``"cached"``, ``"downloaded"`` or ``"missing"``.
-
-    A target that already verifies is not transferred again. Bytes go to
-    ``TARGET.part`` (kept between attempts so a new attempt resumes with an HTTP
-    ``Range`` request), are verified, then renamed. Network errors are retried
-    :data:`RETRIES` times with exponential backoff. ``"missing"`` means the
-    source has no such file (HTTP 404, or absent from a ``file://`` mirror).
-
-    Raises
-    ------
-    DownloadError
-        Checksum mismatch (the partial file is deleted), host unreachable, HTTP error.
-    """
-    target = Path(target)
-    if target.exists():
-        if _problem(target, sha256, git_blob_sha1, size) is None:
-            return "cached"
-        log.warning("%s does not match its checksum; downloading it again", target)
-        target.unlink()
-    part = target.with_name(target.name + ".part")
-    progress = progress if progress is not None else _NoProgress()
-    status = _fetch_with_retries(url, part, progress)
-    if status == "missing":
-        return "missing"
-    problem = _problem(part, sha256, git_blob_sha1, size)
-    if problem and status == "resumed":  # the two halves may come from different versions: once more from zero
-        part.unlink()
-        status = _fetch_with_retries(url, part, progress)
-        problem = "gone from the source" if status == "missing" else _problem(part, sha256, git_blob_sha1, size)
-    if problem:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"{target.name}: checksum mismatch ({problem}); the download was deleted. Source: {url}")
-    os.replace(part, target)
-    return "downloaded"
-
-
-def _fetch_with_retries(url: str, part: Path, progress) -> str:
-    """``"fresh"``, ``"resumed"`` (part of the bytes came from an earlier attempt) or ``"missing"``."""
-    resumed = part.exists()
-    for attempt in range(RETRIES + 1):
-        try:
-            return ("resumed" if resumed else "fresh") if _fetch(url, part, progress) else "missing"
-        except (OSError, http.client.HTTPException) as err:
-            if attempt == RETRIES:
-                unreachable = isinstance(err, (URLError, TimeoutError)) and not isinstance(err, HTTPError)
-                reason = f"cannot reach {urlparse(url).netloc}" if unreachable else f"downloading {url} failed ({err})"
-                raise DownloadError(f"{reason}: {_OFFLINE_HINT}", network=True) from None
-            resumed = resumed or part.exists()
-            log.info("attempt %d for %s failed (%s); retrying", attempt + 1, url, err)
-            time.sleep(BACKOFF_S * 2**attempt)
-    raise AssertionError("the loop returns or raises")
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-
-# --------------------------------------------------------------------------- archives
-
-
-def _check_member(name: str, root: Path, archive: Path) -> None:
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in posix.parts:
-        raise MSToolkitInputError(
-            f"Unsafe archive {archive.name}: member '{name}' has an absolute path or '..'; refusing to extract."
-        )
-    if not (root / posix).resolve().is_relative_to(root):
-        raise MSToolkitInputError(f"Unsafe archive {archive.name}: member '{name}' would be written outside {root}.")
-
-
-def _check_link(name: str, target: str, root: Path, archive: Path, *, hard: bool) -> None:
-    base = root if hard else (root / PurePosixPath(name)).parent
-    if PurePosixPath(target).is_absolute() or not (base / target).resolve().is_relative_to(root):
-        raise MSToolkitInputError(
-            f"Unsafe archive {archive.name}: link '{name}' -> '{target}' points outside the archive."
-        )
-
-
-def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Extract a zip or tar archive into ``dest`` after checking every member.
-
-    Absolute paths, ``..`` components, links that point outside ``dest`` and
-    special files (devices, FIFOs) are refused before anything is written.
-    """
-    archive, dest = Path(archive), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                _check_member(info.filename, root, archive)
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    _check_link(info.filename, zf.read(info).decode(), root, archive, hard=False)
-            zf.extractall(dest)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for member in members:
-                _check_member(member.name, root, archive)
-                if member.issym() or member.islnk():
-                    _check_link(member.name, member.linkname, root, archive, hard=member.islnk())
-                elif not (member.isfile() or member.isdir()):
-                    raise MSToolkitInputError(f"Unsafe archive {archive.name}: '{member.name}' is a special file.")
-            # the standard library's own 'data' filter is a second line of defence
-            options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            try:
-                tf.extractall(dest, members=members, **options)
-            except tarfile.TarError as err:  # includes the filter's refusals
-                raise MSToolkitInputError(f"Unsafe or damaged archive {archive.name}: {err}") from None
-    else:
-        raise MSToolkitInputError(f"'{archive}' is neither a zip nor a tar archive.")
-    return dest
 
 
 # --------------------------------------------------------------------------- writing a dataset

@@ -2,7 +2,7 @@
 
 ISBI 2015 and MSSEG-1/-2 need registration, and MSLesSeg may come as your own
 archive: ``mstoolkit data import NAME ARCHIVE_OR_DIR --dest DIR`` unpacks it
-safely (see :func:`mstoolkit.download.extract_archive`) and lays it out
+safely (see :func:`mstoolkit.archives.extract_archive`) and lays it out
 BIDS-like (ARCHITECTURE.md), so every notebook takes it as ``DATA_DIR``.
 
 Introduced in notebook 01 (data loading).
@@ -16,17 +16,17 @@ import shutil
 import sys
 from pathlib import Path
 
+from .archives import extract_archive
 from .datasets import bids_paths
 from .download import (
-    DownloadError,
     _place,
     _print_about,
     _write_about,
     _write_participants,
     download_dataset,
-    extract_archive,
     load_manifest,
 )
+from .fetch import DownloadError
 from .io import MSToolkitInputError
 
 __all__ = ["import_dataset", "cli_import"]

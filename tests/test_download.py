@@ -6,14 +6,12 @@ downloader must verify what is there and report the rest.
 """
 
 import functools
-import hashlib
 import http.server
 import io
 import json
 import re
 import shutil
 import socket
-import subprocess
 import tarfile
 import threading
 import urllib.parse
@@ -24,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mstoolkit import download, importers
+from mstoolkit import archives, download, fetch, importers
 from mstoolkit.cli import build_parser, main
 from mstoolkit.datasets import list_cases, load_dataset_case, real_sample_dir
 from mstoolkit.io import MSToolkitInputError, load_mask
@@ -80,8 +78,8 @@ def served(tmp_path):
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
-    monkeypatch.setattr(download, "RETRIES", 2)
+    monkeypatch.setattr(fetch, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(fetch, "RETRIES", 2)
 
 
 def _present(root: Path) -> set[str]:
@@ -91,27 +89,14 @@ def _present(root: Path) -> set[str]:
 # --------------------------------------------------------------------------- manifest and checksums
 
 
-def test_git_blob_sha1_matches_git_itself(tmp_path):
-    path = tmp_path / "x.bin"
-    path.write_bytes(b"MS lesions\n" * 1000)
-    data = path.read_bytes()
-    assert download.file_digest(path, "git_blob_sha1") == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-    if shutil.which("git"):
-        git = subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True)
-        assert download.file_digest(path, "git_blob_sha1") == git.stdout.strip()
-    assert download.file_digest(path) == hashlib.sha256(data).hexdigest()
-    with pytest.raises(MSToolkitInputError, match="'kind' must be 'sha256' or 'git_blob_sha1', got 'md5'"):
-        download.file_digest(path, "md5")
-
-
 @needs_sample
 def test_committed_manifest_matches_the_sample():
     entries = {e["path"]: e for e in download.load_manifest("open_ms_data")["files"]}
     assert len(entries) == 1305
     for relative in _present(SAMPLE) - {"MANIFEST.tsv", "README.md"}:
         entry = entries[relative]
-        assert download.file_digest(SAMPLE / relative, "git_blob_sha1") == entry["git_blob_sha1"]
-        assert download.file_digest(SAMPLE / relative) == entry["sha256"]
+        assert fetch.file_digest(SAMPLE / relative, "git_blob_sha1") == entry["git_blob_sha1"]
+        assert fetch.file_digest(SAMPLE / relative) == entry["sha256"]
 
 
 def test_manifest_folder_from_environment(tmp_path, monkeypatch):
@@ -158,7 +143,7 @@ def test_download_matches_manifest_and_second_run_transfers_nothing(served, tmp_
         target = dest / entry["path"]
         assert target.exists() == (entry["path"] in present), entry["path"]
         if target.exists():
-            assert download.file_digest(target, "git_blob_sha1") == entry["git_blob_sha1"]
+            assert fetch.file_digest(target, "git_blob_sha1") == entry["git_blob_sha1"]
     assert not list(dest.rglob("*.part"))
     assert (dest / "CITATION.md").read_text().count("Neuroinformatics") == 2 and (dest / "LICENSE.md").exists()
     # converted (indexed) into the toolkit layout, same images as the upstream layout
@@ -230,7 +215,7 @@ def test_file_mirror_and_folder_import(tmp_path, capsys):
     mirror = SAMPLE.resolve().as_uri()
     dest = tmp_path / "data"
     assert main(["data", "download", "open_ms_data", "--dest", str(dest), "--mirror", mirror, "--patients", "26", "--no-convert"]) == 0
-    assert download.file_digest(dest / FLAIR_26) == download.file_digest(SAMPLE / FLAIR_26)
+    assert fetch.file_digest(dest / FLAIR_26) == fetch.file_digest(SAMPLE / FLAIR_26)
     assert not (dest / "bids").exists()
     assert main(["data", "import", "open_ms_data", str(SAMPLE), "--dest", str(tmp_path / "copy")]) == 0
     assert (tmp_path / "copy" / "longitudinal" / "raw" / "patient01" / "gt.nii.gz").exists()
@@ -279,18 +264,18 @@ def test_malicious_archives_are_refused(tmp_path, make, message):
     archive = make(tmp_path)
     dest = tmp_path / "out"
     with pytest.raises(MSToolkitInputError, match=re.escape(message)):
-        download.extract_archive(archive, dest)
+        archives.extract_archive(archive, dest)
     assert not (tmp_path / "evil.txt").exists() and not list(dest.rglob("*"))
 
 
 def test_safe_archives_extract(tmp_path):
     tar = _tar(tmp_path / "ok.tgz", [tarfile.TarInfo("a/b.txt"), _link("a/c", "b.txt")], {"a/b.txt": b"hello"})
-    out = download.extract_archive(tar, tmp_path / "t")
+    out = archives.extract_archive(tar, tmp_path / "t")
     assert (out / "a" / "c").read_bytes() == b"hello"
-    assert (download.extract_archive(_zip(tmp_path / "ok.zip", {"d/e.txt": b"z"}), tmp_path / "z") / "d" / "e.txt").exists()
+    assert (archives.extract_archive(_zip(tmp_path / "ok.zip", {"d/e.txt": b"z"}), tmp_path / "z") / "d" / "e.txt").exists()
     (tmp_path / "x.txt").write_text("plain")
     with pytest.raises(MSToolkitInputError, match="is neither a zip nor a tar archive"):
-        download.extract_archive(tmp_path / "x.txt", tmp_path / "y")
+        archives.extract_archive(tmp_path / "x.txt", tmp_path / "y")
 
 
 # --------------------------------------------------------------------------- importing registration-only datasets
