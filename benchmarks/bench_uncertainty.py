@@ -56,7 +56,7 @@ def _quality() -> dict:
     import numpy as np
     import torch
 
-    from mstoolkit import uncertainty
+    from mstoolkit import calibration, uncertainty
     from mstoolkit.datasets import ensure_phantom, list_cases, load_dataset_case, real_sample_dir
     from mstoolkit.inference import brain_region, prepare_inputs
     from mstoolkit.models import load_model
@@ -89,10 +89,10 @@ def _quality() -> dict:
             found[f"n_{status}_lesions"] = len(chosen)
             found[f"mean_mi_{status}_lesions"] = round(float(np.mean(chosen)), 5) if len(chosen) else None
         if temperature is None:  # the first phantom subject is the validation scan
-            temperature = uncertainty.fit_temperature(maps["mean"], case.mask, brain_masks=brain)
+            temperature = calibration.fit_temperature(maps["mean"], case.mask, brain_masks=brain)
         found["temperature_from_sub-001"] = round(temperature, 3)
-        found["ece_before"] = round(uncertainty.calibration(maps["mean"], case.mask, brain_mask=brain)["ece"], 4)
-        found["ece_after"] = round(uncertainty.calibration(uncertainty.apply_temperature(maps["mean"], temperature),
+        found["ece_before"] = round(calibration.calibration(maps["mean"], case.mask, brain_mask=brain)["ece"], 4)
+        found["ece_after"] = round(calibration.calibration(calibration.apply_temperature(maps["mean"], temperature),
                                                            case.mask, brain_mask=brain)["ece"], 4)
         results[case.case_id] = found
     return {"name": "quality", "results": results}

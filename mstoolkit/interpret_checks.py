@@ -39,6 +39,7 @@ from .interpret import (
     input_attribution,
 )
 from .io import MSToolkitInputError
+from .plots import LINE_COLOURS
 
 __all__ = [
     "edge_map",
@@ -256,7 +257,7 @@ def plot_randomization(tables: dict[str, Any], *, ax: Any = None, absolute: bool
         _, ax = plt.subplots(figsize=(7, 3.6))
     column = "spearman_abs" if absolute else "spearman"
     markers = itertools.cycle("osD^v")
-    for (label, table), colour in zip(tables.items(), itertools.cycle(_PALETTE)):
+    for (label, table), colour in zip(tables.items(), itertools.cycle(LINE_COLOURS)):
         ax.plot(table["step"], table[column], marker=next(markers), color=colour, label=label)
     first = next(iter(tables.values()))
     ax.set_xticks(first["step"], [str(n).replace("model.", "")[-22:] for n in first["randomised_to"]], rotation=60,
@@ -272,9 +273,6 @@ def plot_randomization(tables: dict[str, Any], *, ax: Any = None, absolute: bool
 
 
 # --------------------------------------------------------------------------- helpers for reading maps
-
-# Okabe–Ito colours (colour-blind safe) for lines.
-_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 
 
 def pointing_game(heatmap: np.ndarray, region: np.ndarray, *, brain_mask: np.ndarray) -> float:

@@ -36,6 +36,7 @@ __all__ = [
     "spacing_from_affine",
     "check_same_grid",
     "check_binary_mask",
+    "check_mask_shape",
     "bounding_box",
 ]
 
@@ -127,6 +128,23 @@ def check_binary_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
             "Threshold a probability map (e.g. prob >= 0.5) or select one label (labels == k) first."
         )
     return mask.astype(np.uint8)
+
+
+def check_mask_shape(mask: np.ndarray, shape: Sequence[int], name: str = "mask") -> np.ndarray:
+    """Return ``mask > 0`` as a bool array, or raise if its shape is not ``shape``.
+
+    A mask goes with images on one grid; a mask of another shape belongs to
+    another grid. Any non-zero value counts as inside; use :func:`check_binary_mask`
+    where only 0 and 1 are acceptable. Not called in the notebooks themselves: the
+    uncertainty and calibration functions of notebook 06 use it.
+
+    >>> check_mask_shape(np.array([[[0, 1, 2]]]), (1, 1, 3)).tolist()
+    [[[False, True, True]]]
+    """
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise MSToolkitInputError(f"'{name}' has shape {mask.shape} but expected {tuple(shape)}: same grid needed.")
+    return mask > 0
 
 
 def load_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # matplotlib is imported inside the functions, so `import mst
 
     from .io import Case
 
-__all__ = ["OVERLAY_COLOURS", "OVERLAY_MODES", "PLANES", "take_slice", "slice_spacing", "auto_window", "overlay_rgba",
+__all__ = ["OVERLAY_COLOURS", "LINE_COLOURS", "OVERLAY_MODES", "PLANES", "take_slice", "slice_spacing", "auto_window", "overlay_rgba",
            "montage", "case_figure", "overlay_figure", "comparison_figure"]
 
 #: Overlay colours shared by the widgets and the static figures, from the
@@ -39,6 +39,9 @@ OVERLAY_COLOURS: dict[str, str] = {
     "FN": "#F0E442",  # yellow: lesion missed (false negative)
 }
 _LABELS = {"TP": "true positive", "FP": "false positive", "FN": "false negative (missed)"}
+#: Line colours for curves (one per method or measure, in this order), also from
+#: Okabe–Ito: blue, vermillion, bluish green, reddish purple, orange, sky blue.
+LINE_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 
 #: How an overlay is drawn: filled voxels or only the outline of each region.
 OVERLAY_MODES = ("fill", "contour")

@@ -11,8 +11,7 @@ Shifts): predictive entropy (total), expected entropy (aleatoric: the data's
 ambiguity) and their difference, the mutual information (epistemic: the
 models disagree). Entropies are in nats.
 
-Calibration (:func:`calibration`) is measured inside the brain only: the
-millions of easy background voxels would otherwise hide any miscalibration.
+Calibration inside the brain and temperature scaling are in :mod:`mstoolkit.calibration`.
 :func:`retention_curve` is the Shifts error-retention curve: hand the most
 uncertain voxels to a radiologist (replace them with the truth) and watch nDSC
 rise; a lower area above the curve means the uncertainty points at the errors.
@@ -31,12 +30,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .io import MSToolkitInputError, bounding_box
+from .io import MSToolkitInputError, bounding_box, check_mask_shape
 from .metrics import ndsc_from_counts
+from .plots import LINE_COLOURS
 
 __all__ = ["SAMPLING_METHODS", "UNCERTAINTY_MEASURES", "mc_dropout", "sample_predictions",
-           "uncertainty_maps", "lesion_uncertainty", "calibration", "fit_temperature", "apply_temperature",
-           "retention_curve", "lesion_retention_curve", "plot_reliability", "plot_retention"]
+           "uncertainty_maps", "lesion_uncertainty", "retention_curve", "lesion_retention_curve", "plot_retention"]
 
 #: Methods of :func:`sample_predictions`.
 SAMPLING_METHODS = ("mc_dropout", "ensemble", "tta")
@@ -44,7 +43,6 @@ SAMPLING_METHODS = ("mc_dropout", "ensemble", "tta")
 UNCERTAINTY_MEASURES = ("entropy", "expected_entropy", "mutual_information", "variance")
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _EPS = 1e-7
-_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")  # Okabe–Ito
 
 
 # --------------------------------------------------------------------------- sampling
@@ -89,17 +87,10 @@ def _check_inputs(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
 def _box(mask: np.ndarray | None, shape: tuple[int, ...], margin: int = 8) -> tuple[slice, ...]:
     if mask is None:
         return tuple(slice(0, n) for n in shape)
-    box = bounding_box(_as_bool(mask, shape, "brain_mask"), margin=margin)
+    box = bounding_box(check_mask_shape(mask, shape, "brain_mask"), margin=margin)
     if box is None:
         raise MSToolkitInputError("'brain_mask' is empty.")
     return box
-
-
-def _as_bool(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.shape != tuple(shape):
-        raise MSToolkitInputError(f"'{name}' has shape {mask.shape} but expected {tuple(shape)}: same grid needed.")
-    return mask > 0
 
 
 def _windows(shape: Sequence[int], max_voxels: int = 2_500_000, context: int = 32,
@@ -234,7 +225,7 @@ def sample_predictions(
                 logits = _tta_logits(models[0], crop, rng, i == 0, roi_size, overlap, tta_degrees, tta_scale, tta_intensity)
             samples[(i,) + box] = torch.sigmoid(logits).float().cpu().numpy()
     if brain_mask is not None:
-        samples[:, ~_as_bool(brain_mask, shape, "brain_mask")] = 0.0
+        samples[:, ~check_mask_shape(brain_mask, shape, "brain_mask")] = 0.0
     return samples
 
 
@@ -342,99 +333,9 @@ def lesion_uncertainty(
     table = pd.DataFrame({"lesion": index, "voxels": voxels, "uncertainty": score,
                           "detection_rate": detected / len(samples), "disagreement": 1 - detected / len(samples)})
     if truth is not None:
-        hit = np.unique(labels[_as_bool(truth, labels.shape, "truth") & (labels > 0)])
+        hit = np.unique(labels[check_mask_shape(truth, labels.shape, "truth") & (labels > 0)])
         table["status"] = np.where(np.isin(index, hit), "TP", "FP")
     return table
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def calibration(prob: np.ndarray, truth: np.ndarray, *, brain_mask: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
-    """Expected calibration error and reliability-diagram data, inside the brain.
-
-    Voxels are binned by predicted lesion probability (``n_bins`` equal-width bins);
-    ECE = Σ_bins (voxels in bin / voxels) · |observed lesion frequency − mean probability|.
-
-    Returns
-    -------
-    dict
-        ``ece``, ``bin_edges``, ``confidence`` (mean probability per bin), ``frequency``
-        (share of lesion voxels per bin), ``count`` (voxels per bin; empty bins hold NaN).
-
-    Introduced in notebook 06.
-    """
-    prob = np.asarray(prob, dtype=np.float64)
-    if not isinstance(n_bins, int) or n_bins < 2:
-        raise MSToolkitInputError(f"'n_bins' must be an integer ≥ 2, got {n_bins!r}.")
-    if prob.size and (prob.min() < 0 or prob.max() > 1):
-        raise MSToolkitInputError("'prob' must hold probabilities in [0, 1].")
-    brain = _as_bool(brain_mask, prob.shape, "brain_mask")
-    p, t = prob[brain], _as_bool(truth, prob.shape, "truth")[brain]
-    if p.size == 0:
-        raise MSToolkitInputError("'brain_mask' is empty: no voxel to calibrate on.")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
-    count = np.bincount(which, minlength=n_bins).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        confidence = np.bincount(which, weights=p, minlength=n_bins) / count
-        frequency = np.bincount(which, weights=t, minlength=n_bins) / count
-    gaps = np.nan_to_num(np.abs(frequency - confidence))
-    return {"ece": float((count * gaps).sum() / count.sum()), "bin_edges": edges, "confidence": confidence,
-            "frequency": frequency, "count": count}
-
-
-def _logit(prob: np.ndarray) -> np.ndarray:
-    prob = np.clip(np.asarray(prob, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(prob) - np.log1p(-prob)
-
-
-def fit_temperature(
-    probs: np.ndarray | Sequence[np.ndarray],
-    truths: np.ndarray | Sequence[np.ndarray],
-    *,
-    brain_masks: np.ndarray | Sequence[np.ndarray],
-) -> float:
-    """Temperature T minimising the lesion log-loss of ``sigmoid(logit(p) / T)`` inside the brain.
-
-    Fit it on *validation* cases (never on the case you then report): T > 1 softens an
-    over-confident model, T < 1 sharpens an under-confident one. Ranking, and so the mask at
-    threshold 0.5, does not change. Pass one case or lists of cases.
-
-    Introduced in notebook 06.
-    """
-    from scipy.optimize import minimize_scalar
-
-    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
-    probs, truths, brains = as_list(probs), as_list(truths), as_list(brain_masks)
-    if not len(probs) == len(truths) == len(brains):
-        raise MSToolkitInputError(f"got {len(probs)} probability maps, {len(truths)} truths and {len(brains)} brain masks.")
-    z, t = [], []
-    for p, y, b in zip(probs, truths, brains):
-        p = np.asarray(p)
-        brain = _as_bool(b, p.shape, "brain_masks")
-        z.append(_logit(p[brain]))
-        t.append(_as_bool(y, p.shape, "truths")[brain].astype(np.float64))
-    logits, labels = np.concatenate(z), np.concatenate(t)
-    if labels.size == 0 or labels.min() == labels.max():
-        raise MSToolkitInputError("temperature scaling needs both lesion and non-lesion voxels inside the brain masks.")
-
-    def loss(log_t: float) -> float:
-        scaled = logits / math.exp(log_t)
-        return float(np.mean(np.logaddexp(0, scaled) - labels * scaled))  # binary cross-entropy, stable
-
-    return float(math.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x))
-
-
-def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
-    """``sigmoid(logit(prob) / temperature)`` as float32. Introduced in notebook 06.
-
-    >>> [round(float(p), 3) for p in apply_temperature(np.array([0.5, 0.9]), 1.0)]
-    [0.5, 0.9]
-    """
-    if not temperature > 0:
-        raise MSToolkitInputError(f"'temperature' must be positive, got {temperature!r}.")
-    return (1.0 / (1.0 + np.exp(-_logit(prob) / temperature))).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- error retention
@@ -469,9 +370,9 @@ def retention_curve(
     Introduced in notebook 06.
     """
     shape = np.shape(pred)
-    brain = _as_bool(brain_mask, shape, "brain_mask")
-    p = _as_bool(pred, shape, "pred")[brain]
-    t = _as_bool(truth, shape, "truth")[brain]
+    brain = check_mask_shape(brain_mask, shape, "brain_mask")
+    p = check_mask_shape(pred, shape, "pred")[brain]
+    t = check_mask_shape(truth, shape, "truth")[brain]
     u = np.asarray(uncertainty, dtype=np.float64)
     if u.shape != shape:
         raise MSToolkitInputError(f"'uncertainty' has shape {u.shape} but 'pred' has {shape}.")
@@ -523,28 +424,6 @@ def lesion_retention_curve(table, *, n_truth: int, n_detected: int, n_fractions:
 # --------------------------------------------------------------------------- figures
 
 
-def plot_reliability(results: dict[str, dict[str, Any]], *, ax: Any = None):
-    """Reliability diagram: observed lesion frequency against mean predicted probability, per bin.
-
-    ``results`` maps a label (e.g. "before", "after temperature scaling") to :func:`calibration`
-    output. The diagonal is perfect calibration. Introduced in notebook 06.
-    """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 4))
-    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
-    for (label, found), colour, marker in zip(results.items(), _PALETTE, "osD^v"):
-        keep = found["count"] > 0
-        ax.plot(found["confidence"][keep], found["frequency"][keep], marker=marker, color=colour,
-                label=f"{label} (ECE {found['ece']:.3f})")
-    ax.set_xlabel("mean predicted lesion probability (bin)")
-    ax.set_ylabel("observed share of lesion voxels")
-    ax.set_title("Reliability inside the brain")
-    ax.legend(fontsize=8)
-    return ax
-
-
 def plot_retention(curves: dict[str, dict[str, Any]], *, ax: Any = None, score: str = "ndsc"):
     """Error-retention curves, one per uncertainty measure, with their area above the curve.
 
@@ -554,7 +433,7 @@ def plot_retention(curves: dict[str, dict[str, Any]], *, ax: Any = None, score: 
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4))
-    for (label, found), colour, style in zip(curves.items(), _PALETTE, ["-", "--", "-.", ":", "-", "--"]):
+    for (label, found), colour, style in zip(curves.items(), LINE_COLOURS, ["-", "--", "-.", ":", "-", "--"]):
         ax.plot(found["fractions"], found[score], color=colour, ls=style, label=f"{label} (AAC {found['area_above']:.3f})")
     ax.set_xlabel("fraction of voxels retained (the rest referred to a radiologist)")
     ax.set_ylabel("nDSC" if score == "ndsc" else "lesion F1")

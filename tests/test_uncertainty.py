@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.uncertainty: sampling, measures, calibration and retention curves."""
+"""Tests of mstoolkit.uncertainty: sampling, measures and retention curves."""
 
 from __future__ import annotations
 
@@ -124,43 +124,6 @@ def test_lesion_uncertainty_hand_made():
     assert table["uncertainty"].iloc[1] == pytest.approx(_entropy(0.6), abs=1e-5)
 
 
-def test_ece_of_a_calibrated_predictor_is_near_zero():
-    rng = np.random.default_rng(0)
-    prob = rng.random((100, 100, 50))
-    truth = rng.random(prob.shape) < prob
-    brain = np.ones(prob.shape, bool)
-    assert U.calibration(prob, truth, brain_mask=brain)["ece"] < 0.005
-    overconfident = np.where(prob > 0.5, 1.0, 0.0)
-    assert U.calibration(overconfident, truth, brain_mask=brain)["ece"] > 0.2
-    brain[:10] = False  # voxels outside the brain do not count
-    garbage = prob.copy()
-    garbage[:10] = 1.0
-    assert U.calibration(garbage, truth, brain_mask=brain)["ece"] == pytest.approx(
-        U.calibration(prob, truth, brain_mask=brain)["ece"])
-
-
-def test_ece_hand_computed():
-    prob = np.array([0.1, 0.1, 0.9, 0.9]).reshape(1, 2, 2)
-    truth = np.array([0, 1, 1, 1]).reshape(1, 2, 2)
-    found = U.calibration(prob, truth, brain_mask=np.ones((1, 2, 2)), n_bins=2)
-    assert found["ece"] == pytest.approx(0.5 * 0.4 + 0.5 * 0.1)
-    assert list(found["count"]) == [2, 2] and found["frequency"] == pytest.approx([0.5, 1.0])
-
-
-def test_temperature_scaling_recovers_the_temperature():
-    rng = np.random.default_rng(1)
-    z = rng.normal(0, 2, (60, 60, 60))
-    truth = rng.random(z.shape) < 1 / (1 + np.exp(-z))
-    sharp = 1 / (1 + np.exp(-2 * z))  # over-confident by a factor 2
-    brain = np.ones(z.shape, bool)
-    temperature = U.fit_temperature(sharp, truth, brain_masks=brain)
-    assert temperature == pytest.approx(2.0, rel=0.05)
-    before = U.calibration(sharp, truth, brain_mask=brain)["ece"]
-    after = U.calibration(U.apply_temperature(sharp, temperature), truth, brain_mask=brain)["ece"]
-    assert after < before / 3
-    assert U.fit_temperature([sharp, sharp], [truth, truth], brain_masks=[brain, brain]) == pytest.approx(temperature)
-
-
 def _brute_ndsc_retention(pred, truth, uncertainty, brain, fraction):
     from mstoolkit.metrics import ndsc
 
@@ -209,8 +172,6 @@ def test_lesion_retention_curve():
 def test_plots_run():
     rng = np.random.default_rng(0)
     prob = rng.random((10, 10, 10))
-    found = U.calibration(prob, prob > 0.5, brain_mask=np.ones(prob.shape))
-    assert U.plot_reliability({"model": found}).get_title() == "Reliability inside the brain"
     curve = U.retention_curve(prob > 0.5, prob > 0.6, prob, brain_mask=np.ones(prob.shape))
     assert "retention" in U.plot_retention({"entropy": curve}).get_title()
 
@@ -231,11 +192,3 @@ def test_errors(inputs):
         U.uncertainty_maps(np.full((2, 2, 2, 2), 2.0))
     with pytest.raises(MSToolkitInputError, match="allowed: entropy"):
         U.lesion_uncertainty(np.zeros((2, 2, 2, 2)), measure="std")
-    with pytest.raises(MSToolkitInputError, match="'n_bins' must be"):
-        U.calibration(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), brain_mask=np.ones((2, 2, 2)), n_bins=1)
-    with pytest.raises(MSToolkitInputError, match="same grid"):
-        U.calibration(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), brain_mask=np.ones((2, 2, 2)))
-    with pytest.raises(MSToolkitInputError, match="both lesion and non-lesion"):
-        U.fit_temperature(np.full((2, 2, 2), 0.5), np.zeros((2, 2, 2)), brain_masks=np.ones((2, 2, 2)))
-    with pytest.raises(MSToolkitInputError, match="'temperature' must be positive"):
-        U.apply_temperature(np.zeros(2), 0.0)
