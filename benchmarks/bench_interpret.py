@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _common import limit_threads, peak_rss_mb, run_fresh, write_json
 
 
 def _load():
     import numpy as np
-    import torch
 
     from mstoolkit.datasets import load_dataset_case, real_sample_dir
     from mstoolkit.inference import brain_region, prepare_inputs
     from mstoolkit.models import load_model
 
-    torch.set_num_threads(2)
+    limit_threads(2, torch=True)
     real = real_sample_dir()
     if real is not None:
         case = load_dataset_case(real, "patient26")
@@ -75,7 +73,7 @@ def _one(name: str) -> dict:
     seconds = time.perf_counter() - start
     return {"name": name, "case": case.case_id, "shape": list(case.shape), "seconds": round(seconds, 2),
             "cpu_seconds": round(time.process_time(), 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> int:
@@ -84,8 +82,7 @@ def main() -> int:
         return 0
     results = []
     for name in ("grad_cam", "integrated_gradients_lesion", "gradient_x_input_all_lesions", "quality"):
-        done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, check=True)
-        found = json.loads(done.stdout.strip().splitlines()[-1])
+        found = run_fresh(__file__, name)
         results.append(found)
         if name == "quality":
             print("quality on", found["case"], {k: v for k, v in found.items() if k not in ("name", "case")})
@@ -94,10 +91,8 @@ def main() -> int:
                   f"({found['case']} {tuple(found['shape'])})")
     summary = {"threads": 2, "load_average": os.getloadavg(), "results": results,
                "targets": {"grad_cam_seconds": 30, "attribution_peak_mb": 2048}}
-    out = Path("build/benchmarks")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "interpret.json").write_text(json.dumps(summary, indent=2))
-    print(f"load average {summary['load_average'][0]:.1f}; written {out / 'interpret.json'}")
+    print(f"load average {summary['load_average'][0]:.1f}")
+    write_json("interpret", summary)
     return 0
 
 

@@ -10,14 +10,12 @@ Timings are the best of several repeats on one CPU thread.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 import warnings
-from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the target says
+from _common import limit_threads, machine, write_json
+
+limit_threads(1)  # one core, as the target says; set before numpy loads
 
 import numpy as np
 
@@ -70,7 +68,7 @@ def main() -> dict:
     import torch
     from monai.metrics import HausdorffDistanceMetric
 
-    torch.set_num_threads(1)
+    limit_threads(1, torch=True)
     warnings.filterwarnings("ignore", category=FutureWarning)  # MONAI's deprecation notices
     monai_metric = HausdorffDistanceMetric(include_background=True, percentile=95)
     runs = []
@@ -99,11 +97,8 @@ def main() -> dict:
         print(f"  MONAI HD95 alone:        {t_monai * 1000:8.1f} ms")
         print(f"  HD95 ours {ours:.6f} mm vs MONAI {theirs:.6f} mm; Dice {result['dice']:.3f}")
     figures = {"shape": list(SHAPE), "threads": 1, "repeats": REPEATS,
-               "cpu": platform.processor() or platform.machine(), "runs": runs}
-    out = Path("build/benchmarks/metrics.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {out}")
+               "cpu": machine(), "runs": runs}
+    write_json("metrics", figures)
     return figures
 
 

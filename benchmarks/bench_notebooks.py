@@ -13,15 +13,14 @@ notebooks under build/bench_notebooks/PROFILE/).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-from pathlib import Path
+
+from _common import OUT_DIR, ROOT, write_json
 
 from mstoolkit.runner import run_notebooks
 
-ROOT = Path(__file__).resolve().parent.parent
 BINDER_LIMIT_MB = 2048
 
 
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", help="notebook files (default: all)")
     parser.add_argument("--profile", default="workshop", choices=["quick", "workshop", "full"])
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per notebook")
-    parser.add_argument("--out", default=str(ROOT / "build" / "benchmarks" / "notebooks.json"))
+    parser.add_argument("--out", default=str(OUT_DIR / "notebooks.json"))
     args = parser.parse_args(argv)
 
     summary = run_notebooks(
@@ -65,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_minutes": round(total, 2),
         "notebooks": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.tmp")  # written whole, then renamed
-    partial.write_text(json.dumps(result, indent=2))
-    os.replace(partial, out)
-    print(f"wrote {out}")
+    write_json("notebooks", result, path=args.out)
     # Binder's 2 GB matters for the workshop profile; quick and full are not run there.
     ok = all(r["status"] == "ok" for r in rows) and (args.profile != "workshop" or all(r["within_binder_2gb"] for r in rows))
     return 0 if ok else 1

@@ -13,14 +13,12 @@ Run: ``.venv/bin/python benchmarks/bench_phantom.py [--n 5] [--figure PATH]``
 
 from __future__ import annotations
 
-import os
+from _common import ROOT, limit_threads, machine, write_json
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"  # one core, as the target says; set before numpy loads
+limit_threads(1)  # one core, as the target says; set before numpy loads
 
 import argparse
-import json
-import platform
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +29,6 @@ from mstoolkit.datasets import real_sample_dir
 from mstoolkit.io import load_image
 
 TARGET_S = 3.0
-ROOT = Path(__file__).resolve().parents[1]
 CONTOUR = "#E69F00"  # Okabe-Ito orange: visible on grey, colour-blind safe
 PHANTOM_COLOUR, REAL_COLOUR = "#0072B2", "#D55E00"
 
@@ -140,7 +137,7 @@ def main() -> None:
         "template_load_s": round(template_s, 3),
         "longitudinal_pair_s": round(pair_s, 3), "longitudinal_pair_cpu_s": round(pair_cpu, 3),
         "raw_scan_s": round(raw_s, 3), "raw_scan_cpu_s": round(raw_cpu, 3),
-        "threads": 1, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "threads": 1, "machine": machine(), "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     print(f"phantom: {result['s_per_subject_wall_median']:.2f} s/subject wall, "
@@ -168,10 +165,7 @@ def main() -> None:
                                  histogram_wasserstein=distances)
         _figure(case, real, load_image(next(patient.glob("GOLD_STANDARD_*.nii.gz")))[0], stats, Path(args.figure))
         print(f"figure: {args.figure} ({Path(args.figure).stat().st_size / 1024:.0f} KB)")
-    out = ROOT / "build" / "benchmarks" / "phantom.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json("phantom", result)
 
 
 if __name__ == "__main__":

@@ -10,22 +10,9 @@ The case is the phantom's raw scan (skull on, bias field, 1 x 1 x 3 mm) resample
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
-
-
-def _limit_threads(threads: int) -> None:
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(threads)
-    import SimpleITK as sitk
-    import torch
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    torch.set_num_threads(threads)
+from _common import limit_threads, machine, write_json
 
 
 def _skull_on_case(seed: int):
@@ -46,7 +33,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    _limit_threads(args.threads)
+    limit_threads(args.threads, torch=True, simpleitk=True)
 
     from mstoolkit.preprocess import preprocess_case
 
@@ -68,17 +55,14 @@ def main() -> None:
         "target_seconds": 60,
         "within_target": total <= 60,
         "skull_strip_dice": round(float(dice), 4),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(),
     }
     print(f"preprocess one 1 mm case {tuple(case.shape)} ({source}) on {args.threads} threads:")
     for step, seconds in per_step.items():
         print(f"  {step:12s} {seconds:6.1f} s")
     print(f"  {'total':12s} {total:6.1f} s   (target <= 60 s: {'OK' if total <= 60 else 'TOO SLOW'})")
     print(f"  skull-strip Dice with the true brain mask: {dice:.3f}")
-    out_dir = Path("build/benchmarks")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "preprocess.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {out_dir / 'preprocess.json'}")
+    write_json("preprocess", result)
 
 
 if __name__ == "__main__":

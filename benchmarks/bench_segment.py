@@ -13,20 +13,18 @@ Writes build/benchmarks/segment.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import thread_env, write_json
 
 
 def _segment(flair: Path, t1: Path, out: Path, threads: int) -> tuple[float, float]:
     """Run the CLI in a fresh process; return (seconds, peak resident memory in MB)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = thread_env(threads)
     command = [sys.executable, "-c",
                "import resource, sys; from mstoolkit.cli import main; code = main(sys.argv[1:]); "
                "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)",
@@ -109,10 +107,7 @@ def main() -> None:
         print("phantom test set:")
         results["phantom_test"] = _phantom_test_set(args.phantom_cases)
         print(f"phantom test mean: {results['phantom_test'][0]['mean']}")
-    out = ROOT / "build" / "benchmarks" / "segment.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json("segment", results)
 
 
 if __name__ == "__main__":

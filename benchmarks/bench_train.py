@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import thread_env, write_json
 
 
 def main() -> None:
@@ -37,7 +36,7 @@ def main() -> None:
         from mstoolkit.train import PRESETS
 
         data = str(ensure_phantom(n_subjects=PRESETS[args.preset]["n_subjects"], seed=0))  # not timed
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = thread_env(args.threads)
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "mstoolkit.cli", "train", "--preset", args.preset, "--out", out, "--device", "cpu"]
         command += ["--data", data] if data else []
@@ -63,10 +62,7 @@ def main() -> None:
     if args.preset == "workshop":
         ok = figures["best_val_dice"] is not None and figures["best_val_dice"] >= 0.80 and seconds <= 600 and peak_mb <= 2048
         print(f"workshop target (Dice >= 0.80, <= 600 s, <= 2048 MB): {'met' if ok else 'NOT met'}")
-    out_json = ROOT / "build" / "benchmarks" / "train.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(figures, indent=2))
-    print(f"wrote {out_json}")
+    write_json("train", figures)
 
 
 if __name__ == "__main__":

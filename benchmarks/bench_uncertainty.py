@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _common import limit_threads, peak_rss_mb, run_fresh, write_json
 
 
 def _one(name: str) -> dict:
-    import torch
-
     from mstoolkit import uncertainty
     from mstoolkit.datasets import load_dataset_case, real_sample_dir
     from mstoolkit.inference import brain_region, prepare_inputs
     from mstoolkit.models import load_model
 
-    torch.set_num_threads(2)
+    limit_threads(2, torch=True)
     real = real_sample_dir()
     if real is not None:
         case = load_dataset_case(real, "patient26")
@@ -49,19 +46,18 @@ def _one(name: str) -> dict:
     maps = time.perf_counter() - start
     return {"name": name, "case": case.case_id, "shape": list(case.shape), "samples": 10,
             "seconds": round(sampling, 2), "maps_seconds": round(maps, 2), "cpu_seconds": round(time.process_time(), 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _quality() -> dict:
     import numpy as np
-    import torch
 
     from mstoolkit import calibration, uncertainty
     from mstoolkit.datasets import ensure_phantom, list_cases, load_dataset_case, real_sample_dir
     from mstoolkit.inference import brain_region, prepare_inputs
     from mstoolkit.models import load_model
 
-    torch.set_num_threads(2)
+    limit_threads(2, torch=True)
     model, config = load_model("reference")
     sequences = tuple(config["sequences"])
     cases = [c.load() for c in list_cases(ensure_phantom(None, n_subjects=2, seed=0))]
@@ -102,20 +98,16 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         print(json.dumps(_quality() if sys.argv[2] == "quality" else _one(sys.argv[2])))
         return 0
-    done = subprocess.run([sys.executable, __file__, "--one", "mc_dropout_10"], capture_output=True, text=True, check=True)
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = run_fresh(__file__, "mc_dropout_10")
     print(f"10 MC-dropout samples: {found['seconds']:.1f} s wall (+ {found['maps_seconds']:.1f} s for the maps), "
           f"peak memory {found['peak_rss_mb']:.0f} MB ({found['case']} {tuple(found['shape'])})")
-    done = subprocess.run([sys.executable, __file__, "--one", "quality"], capture_output=True, text=True, check=True)
-    quality = json.loads(done.stdout.strip().splitlines()[-1])
+    quality = run_fresh(__file__, "quality")
     for case_id, figures in quality["results"].items():
         print(case_id, figures)
     summary = {"threads": 2, "load_average": os.getloadavg(), "results": [found, quality],
                "targets": {"seconds": 60, "peak_mb": 2048}}
-    out = Path("build/benchmarks")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "uncertainty.json").write_text(json.dumps(summary, indent=2))
-    print(f"load average {summary['load_average'][0]:.1f}; written {out / 'uncertainty.json'}")
+    print(f"load average {summary['load_average'][0]:.1f}")
+    write_json("uncertainty", summary)
     return 0
 
 

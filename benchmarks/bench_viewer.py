@@ -10,14 +10,11 @@ Run: ``.venv/bin/python benchmarks/bench_viewer.py``
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import machine, write_json
 from scipy import ndimage
 
 from mstoolkit import viewer
@@ -78,17 +75,12 @@ def main() -> dict:
         "worst_ms_per_step": round(worst, 2),
         "target_ms": TARGET_MS,
         "meets_target": worst <= TARGET_MS,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{machine()}, {os.cpu_count()} cores",
     }
     for key, value in report["ms_per_step"].items():
         print(f"{key:42s} {value:7.2f} ms/step")
     print(f"worst {worst:.1f} ms/step (target <= {TARGET_MS:.0f} ms): {'OK' if worst <= TARGET_MS else 'TOO SLOW'}")
-    out = Path("build/benchmarks/viewer.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(report, handle, indent=2)
-    os.replace(tmp, out)  # never a half-written result
+    write_json("viewer", report)
     return report
 
 

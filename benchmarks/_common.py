@@ -1,0 +1,80 @@
+"""What every benchmark script shares: thread limits, the machine, fresh processes, JSON results.
+
+Each script runs as ``python benchmarks/bench_X.py`` from the repository root; Python
+then puts ``benchmarks/`` on the import path, so ``from _common import ...`` works.
+Results go to ``build/benchmarks/X.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = ROOT / "build" / "benchmarks"
+#: Environment variables that cap the threads of OpenMP, MKL and OpenBLAS.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def limit_threads(threads: int, *, torch: bool = False, simpleitk: bool = False) -> None:
+    """Use at most ``threads`` threads in the numerical libraries.
+
+    The environment variables act on libraries loaded afterwards: call this before
+    numpy is imported where that matters. ``torch`` and ``simpleitk`` also import
+    those packages and set their own thread counts.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    if torch:
+        import torch as torch_module
+
+        torch_module.set_num_threads(threads)
+    if simpleitk:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment for a child process limited to ``threads`` threads."""
+    return {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
+
+
+def machine() -> str:
+    """The processor (or, when the platform does not say, the machine type) of this computer."""
+    return platform.processor() or platform.machine()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports kB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_fresh(script: str, name: str) -> dict[str, Any]:
+    """Run ``python SCRIPT --one NAME`` in a fresh process; return the JSON it printed last.
+
+    A fresh process per measurement makes its peak memory its own.
+    """
+    done = subprocess.run([sys.executable, script, "--one", name], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_json(name: str, data: Any, *, path: str | os.PathLike | None = None) -> Path:
+    """Write ``data`` to ``build/benchmarks/NAME.json`` (or ``path``) whole, then rename it.
+
+    A run that stops half-way never leaves a half-written result. Prints and
+    returns the path.
+    """
+    out = Path(path) if path is not None else OUT_DIR / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.tmp")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, out)
+    print(f"wrote {out}")
+    return out
