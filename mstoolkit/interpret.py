@@ -199,7 +199,7 @@ def _resolve_target(target: Any, shape: tuple[int, ...]) -> np.ndarray | None:
         return None
     region = _check_mask(target, shape, "target")
     if not region.any():
-        raise MSToolkitInputError("'target' is an empty region; nothing to explain. Pick a lesion with lesion_region().")
+        raise MSToolkitInputError("'target' is an empty region; nothing to explain. Pick a lesion with interpret_checks.lesion_region().")
     return region
 
 
@@ -245,8 +245,9 @@ def grad_cam(
         Normalised images, e.g. ``mstoolkit.inference.prepare_inputs(case, sequences)``.
     target : "prediction" or binary array (x, y, z), keyword-only
         The region whose summed lesion logits are explained: ``"prediction"`` (every voxel the
-        model calls lesion, logit > 0), or any mask — one lesion (:func:`lesion_region`), a
-        false positive, or a missed lesion's ground-truth region.
+        model calls lesion, logit > 0), or any mask — one lesion
+        (:func:`mstoolkit.interpret_checks.lesion_region`), a false positive, or a missed
+        lesion's ground-truth region.
     layer : str or module, optional
         A convolution layer (name from ``model.named_modules()``); default the last decoder layer
         of :func:`candidate_layers`.
@@ -390,7 +391,7 @@ def input_attribution(
     region = _resolve_target(target, shape)
     if method == "occlusion":
         if region is None:
-            raise MSToolkitInputError("occlusion needs a small target region (e.g. lesion_region(mask, 1)), not 'prediction'.")
+            raise MSToolkitInputError("occlusion needs a small target region (e.g. interpret_checks.lesion_region(mask, 1)), not 'prediction'.")
         margin = max(margin, window)  # context for the network, and room for whole cubes
         roi_mask, patch_size = region, tuple(max(p, -(-(s.stop - s.start) // 64) * 64) for p, s in
                                             zip(patch_size, _bounds(region, shape, margin)))
