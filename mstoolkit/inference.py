@@ -114,7 +114,8 @@ def predict(
     Introduced in notebook 03.
     """
     from .models import model_in_channels
-    from .train import _bounding_box, pick_device
+    from .io import bounding_box
+    from .train import pick_device
 
     if threshold is None:
         threshold = float(getattr(model, "threshold", 0.5))
@@ -128,7 +129,7 @@ def predict(
         )
     inputs = prepare_inputs(case, sequences)
     region = brain_region(case)
-    box = _bounding_box(region, margin=8)  # only the brain: 2-3x fewer voxels than the whole grid
+    box = bounding_box(region, margin=8) or tuple(slice(0, n) for n in region.shape)  # only the brain: 2-3x fewer voxels
     torch_device = pick_device(device, verbose=False)
     model = model.to(torch_device).eval()
     cropped = torch.as_tensor(np.ascontiguousarray(inputs[(slice(None), *box)]))[None].to(torch_device)

@@ -39,6 +39,7 @@ __all__ = [
     "model_in_channels",
     "save_model",
     "load_model",
+    "export_reference",
     "notebook_model",
     "NOTEBOOK_CHECKPOINT",
 ]
@@ -349,3 +350,17 @@ def notebook_model(output_dir: str | os.PathLike, *, device: str = "cpu") -> tup
     if checkpoint.exists():
         return load_model(checkpoint, device=device)
     return load_model("reference", device=device)
+
+
+def export_reference(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, extra: dict | None = None) -> Path:
+    """Write a checkpoint as a shipped model: ``model.pt`` (weights only) and ``config.json``."""
+    from . import __version__
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {**state["config"], "weights": "model.pt", "version": __version__, **(extra or {})}
+    torch.save(state["model"], out_dir / ".tmp-model.pt")
+    os.replace(out_dir / ".tmp-model.pt", out_dir / "model.pt")
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    return out_dir

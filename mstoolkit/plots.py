@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # matplotlib is imported inside the functions, so `import mst
 
     from .io import Case
 
-__all__ = ["OVERLAY_COLOURS", "LINE_COLOURS", "OVERLAY_MODES", "PLANES", "take_slice", "slice_spacing", "auto_window", "overlay_rgba",
+__all__ = ["plot_history", "OVERLAY_COLOURS", "LINE_COLOURS", "OVERLAY_MODES", "PLANES", "take_slice", "slice_spacing", "auto_window", "overlay_rgba",
            "montage", "case_figure", "overlay_figure", "comparison_figure"]
 
 #: Overlay colours shared by the widgets and the static figures, from the
@@ -375,5 +375,20 @@ def comparison_figure(
         _label_axes(ax, plane, index)
     handles = [Patch(color=OVERLAY_COLOURS[n], label=_LABELS[n]) for n in ("TP", "FP", "FN")]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_history(history: dict[str, list], *, title: str = "Training history"):
+    """Loss and validation Dice per epoch (two panels); returns the matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)
+    ax_loss.plot(history["epoch"], history["loss"], "o-", color="#0072B2")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    dice = np.asarray(history["val_dice"], dtype=float)
+    epochs = np.asarray(history["epoch"])
+    ax_dice.plot(epochs[~np.isnan(dice)], dice[~np.isnan(dice)], "s-", color="#D55E00")
+    ax_dice.set(xlabel="epoch", ylabel="validation Dice", title="Validation Dice", ylim=(0, 1))
     fig.suptitle(title)
     return fig

@@ -33,7 +33,15 @@ import torch
 from torch import nn
 
 from .io import Case, MSToolkitInputError
-from .models import build_model, save_model
+from .models import build_model, export_reference, save_model
+from .plots import plot_history
+from .training_data import (
+    _augmenter,
+    _sample_batch,
+    cache_cases,
+    load_training_cases,
+    reference_phantom_cases,
+)
 
 __all__ = [
     "LOSS_NAMES",
@@ -44,12 +52,8 @@ __all__ = [
     "pick_device",
     "amp_settings",
     "seed_everything",
-    "cache_cases",
     "train",
     "train_ensemble",
-    "plot_history",
-    "export_reference",
-    "reference_phantom_cases",
     "cli_train",
 ]
 
@@ -124,13 +128,16 @@ REFERENCE_TITLE = "mstoolkit reference tiny U-Net (phantom-trained, FLAIR+T1)"
 #: Named settings for ``mstoolkit train --preset``; ``n_subjects`` is the phantom size used when no data is given.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(epochs=2, iterations_per_epoch=4, patch_size=(32, 32, 32), batch_size=2, n_subjects=2),
-    "workshop": dict(epochs=12, iterations_per_epoch=30, patch_size=(64, 64, 64), batch_size=2, augment="light",
-                     patience=4, n_subjects=6),
+    # = notebook 03's `workshop` profile: about 5 minutes on 2 CPU cores, under 2 GB
+    "workshop": dict(epochs=36, iterations_per_epoch=40, patch_size=(48, 48, 48), batch_size=2, augment="light",
+                     dropout=0.1, validate_every=2, patience=5, n_subjects=6),
     "full": dict(epochs=200, iterations_per_epoch=250, patch_size=(96, 96, 96), batch_size=4, features=(16, 32, 64, 128, 256),
                  augment="domain", patience=20, n_subjects=40),
-    # dropout 0.1 so that notebook 06 can use MC dropout with the shipped model
-    "reference": dict(epochs=24, iterations_per_epoch=40, patch_size=(48, 48, 48), batch_size=2, features=(8, 16, 32, 64),
-                      augment="domain", learning_rate=5e-3, validate_every=3, dropout=0.1, n_subjects=13),
+    # dropout 0.1 so that notebook 06 can use MC dropout with the shipped model; one positive patch in three
+    # (as nnU-Net) so that the model sees enough healthy tissue not to over-segment; two validation subjects.
+    "reference": dict(epochs=120, iterations_per_epoch=50, patch_size=(48, 48, 48), batch_size=2, features=(8, 16, 32, 64),
+                      augment="domain", learning_rate=5e-3, validate_every=6, dropout=0.1, positive_fraction=0.33,
+                      n_subjects=18, n_val=2),
 }
 
 
@@ -213,86 +220,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def cache_cases(cases: Sequence[Case], sequences: Sequence[str], *, min_size: Sequence[int] = (0, 0, 0)) -> list[dict]:
-    """Normalise each case once and keep it in memory, cropped to the brain.
-
-    Returns dicts with ``"image"`` (C, x, y, z) float32, ``"label"`` (1, x, y, z)
-    uint8, and the flat indices of lesion (``"fg"``) and healthy-brain
-    (``"bg"``) voxels used by the patch sampler.
-    """
-    from .inference import brain_region, prepare_inputs
-
-    cached = []
-    for case in cases:
-        if case.mask is None:
-            raise MSToolkitInputError(f"Case '{case.case_id}' has no lesion mask; training needs ground truth.")
-        image = prepare_inputs(case, sequences)
-        brain = brain_region(case)
-        box = _bounding_box(brain, margin=4)
-        image, label, brain = image[(slice(None), *box)], case.mask[box][None], brain[box]
-        pads = [(0, 0)] + [(0, max(0, int(m) - n)) for m, n in zip(min_size, label.shape[1:])]
-        image, label, brain = np.pad(image, pads), np.pad(label, pads), np.pad(brain, pads[1:])
-        lesion = label[0].astype(bool)
-        cached.append({
-            "image": np.ascontiguousarray(image, dtype=np.float32),
-            "label": np.ascontiguousarray(label, dtype=np.uint8),
-            "fg": np.flatnonzero(lesion),
-            "bg": np.flatnonzero(brain.astype(bool) & ~lesion),
-            "case_id": case.case_id,
-        })
-    return cached
-
-
-def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice]:
-    """Slices of the smallest box holding all of ``mask`` (whole array when empty), plus a margin."""
-    if not mask.any():
-        return tuple(slice(0, n) for n in mask.shape)  # type: ignore[return-value]
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(0, hit[0] - margin), min(mask.shape[axis], hit[-1] + 1 + margin)))
-    return tuple(box)  # type: ignore[return-value]
-
-
-def _augmenter(kind: str, patch_size: Sequence[int]) -> Callable | None:
-    """MONAI transforms applied to each patch; ``"domain"`` randomises what scanners change."""
-    from monai import transforms as T
-
-    if kind == "none":
-        return None
-    steps: list = [T.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0)]  # left-right symmetry
-    if kind == "domain":
-        steps += [
-            T.RandAffined(keys=["image", "label"], prob=0.3, rotate_range=(0.2, 0.2, 0.2), scale_range=(0.15, 0.15, 0.15),
-                          mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=tuple(patch_size)),
-            T.RandSimulateLowResolutiond(keys=["image"], prob=0.25, zoom_range=(0.4, 0.9)),
-            T.RandGaussianSmoothd(keys=["image"], prob=0.2, sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0), sigma_z=(0.0, 1.5)),
-            T.RandBiasFieldd(keys=["image"], prob=0.4, coeff_range=(0.0, 0.3)),
-            T.RandAdjustContrastd(keys=["image"], prob=0.5, gamma=(0.6, 1.6)),
-            T.RandScaleIntensityd(keys=["image"], prob=0.5, factors=0.25, channel_wise=True),
-            T.RandShiftIntensityd(keys=["image"], prob=0.5, offsets=0.3, channel_wise=True),
-            T.RandGaussianNoised(keys=["image"], prob=0.4, std=0.15),
-        ]
-    return T.Compose(steps)
-
-
-def _sample_batch(cached: list[dict], config: TrainConfig, rng: np.random.Generator, crop, augment) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_size`` patches: each from a random case, lesion-centred with probability ``positive_fraction``."""
-    images, labels = [], []
-    for _ in range(config.batch_size):
-        item = cached[int(rng.integers(len(cached)))]
-        seed = int(rng.integers(2**31))
-        crop.set_random_state(seed=seed)
-        patch = crop({"image": item["image"], "label": item["label"], "fg": item["fg"], "bg": item["bg"]})[0]
-        if augment is not None:
-            augment.set_random_state(seed=seed + 1)
-            patch = augment(patch)
-        images.append(torch.as_tensor(np.asarray(patch["image"]), dtype=torch.float32))
-        labels.append(torch.as_tensor(np.asarray(patch["label"]), dtype=torch.float32))
-    return torch.stack(images), torch.stack(labels)
 
 
 def _validation_probabilities(model: nn.Module, cached: list[dict], config: TrainConfig, device: torch.device, amp: tuple) -> list[np.ndarray]:
@@ -512,7 +439,7 @@ def _save_checkpoints(out_dir: Path, model, optimizer, scheduler, scaler, config
     """``last.pt`` (resumable state) every epoch; ``best.pt`` when validation improved."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model_config = {**config.model_config(), "trained": {"epoch": epoch + 1, "val_dice": best_dice,
-                                                         "train_config": _jsonable(asdict(config))}}
+                                                         "train_config": json.loads(json.dumps(asdict(config), default=str))}}
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": model_config,
@@ -533,25 +460,6 @@ def _save_checkpoints(out_dir: Path, model, optimizer, scheduler, scaler, config
     os.replace(out_dir / ".tmp-history.json", out_dir / "history.json")
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def plot_history(history: dict[str, list], *, title: str = "Training history"):
-    """Loss and validation Dice per epoch (two panels); returns the matplotlib Figure."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)
-    ax_loss.plot(history["epoch"], history["loss"], "o-", color="#0072B2")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    dice = np.asarray(history["val_dice"], dtype=float)
-    epochs = np.asarray(history["epoch"])
-    ax_dice.plot(epochs[~np.isnan(dice)], dice[~np.isnan(dice)], "s-", color="#D55E00")
-    ax_dice.set(xlabel="epoch", ylabel="validation Dice", title="Validation Dice", ylim=(0, 1))
-    fig.suptitle(title)
-    return fig
-
-
 def train_ensemble(config: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case] = (), *, members: int = 3) -> list[tuple[nn.Module, dict]]:
     """Train ``members`` models with seeds ``seed .. seed + members - 1`` (a deep ensemble, notebook 06).
 
@@ -566,53 +474,6 @@ def train_ensemble(config: TrainConfig, train_cases: Sequence[Case], val_cases: 
     return results
 
 
-def export_reference(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, extra: dict | None = None) -> Path:
-    """Write a checkpoint as a shipped model: ``model.pt`` (weights only) and ``config.json``."""
-    from . import __version__
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = {**state["config"], "weights": "model.pt", "version": __version__, **(extra or {})}
-    torch.save(state["model"], out_dir / ".tmp-model.pt")
-    os.replace(out_dir / ".tmp-model.pt", out_dir / "model.pt")
-    (out_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2))
-    return out_dir
-
-
-def _split_cases(data_dir: Path, n_val: int) -> tuple[list[Case], list[Case]]:
-    from tqdm.auto import tqdm
-
-    from .datasets import list_cases
-
-    refs = [c for c in list_cases(data_dir) if c.mask is not None]
-    if len(refs) < 2:
-        raise MSToolkitInputError(f"'{data_dir}' needs at least 2 cases with lesion masks (train + validation), found {len(refs)}.")
-    n_val = min(max(1, n_val), len(refs) - 1)
-    cases = [c.load() for c in tqdm(refs, desc="loading cases", leave=False)]
-    return cases[:-n_val], cases[-n_val:]
-
-
-def reference_phantom_cases(n_subjects: int, *, seed: int = 1000, n_val: int = 1) -> tuple[list[Case], list[Case]]:
-    """The reference model's data: phantom subjects cycling through every scanner profile.
-
-    Subject ``k`` has seed ``seed + k`` and profile ``PROFILES[k % 4]``; the last
-    ``n_val`` subjects are the validation set. Mixing profiles is part of the
-    domain randomisation that lets the model work on real scans.
-    """
-    from tqdm.auto import tqdm
-
-    from .phantom import PROFILES, generate_subject
-
-    profiles = list(PROFILES)
-    cases = []
-    for k in tqdm(range(n_subjects), desc="generating phantom subjects", leave=False):
-        case = generate_subject(seed=seed + k, profile=profiles[k % len(profiles)])
-        case.images = {name: case.images[name] for name in ("FLAIR", "T1")}  # keep memory low
-        cases.append(case)
-    return cases[:-n_val], cases[-n_val:]
-
-
 def cli_train(args) -> int:
     """``mstoolkit train --preset NAME --data DIR --out DIR``: train, save checkpoints and the history figure."""
     from .datasets import ensure_phantom
@@ -621,19 +482,20 @@ def cli_train(args) -> int:
         raise MSToolkitInputError(f"Unknown preset {args.preset!r}; allowed: {', '.join(PRESETS)}.")
     settings = dict(PRESETS[args.preset])
     n_subjects = settings.pop("n_subjects")
+    n_val = settings.pop("n_val", None)
     if args.epochs is not None:
         settings["epochs"] = args.epochs
     config = TrainConfig(**settings, device=args.device, seed=args.seed, out_dir=args.out, resume=args.resume)
     if args.data:
         data_dir = Path(args.data)
-        train_cases, val_cases = _split_cases(data_dir, n_val=max(1, len(list(data_dir.glob("sub-*"))) // 5))
+        train_cases, val_cases = load_training_cases(data_dir, n_val=max(1, len(list(data_dir.glob("sub-*"))) // 5), sequences=config.sequences)
     elif args.preset == "reference":
         print(f"Generating the reference training data: {n_subjects} phantom subjects over all scanner profiles.")
-        train_cases, val_cases = reference_phantom_cases(n_subjects)
+        train_cases, val_cases = reference_phantom_cases(n_subjects, n_val=n_val or 1)
     else:
         print(f"No --data given: using the phantom ({n_subjects} subjects, seed 0), generated once in the cache folder.")
         data_dir = ensure_phantom(n_subjects=n_subjects, seed=0)
-        train_cases, val_cases = _split_cases(data_dir, n_val=max(1, len(list(data_dir.glob("sub-*"))) // 5))
+        train_cases, val_cases = load_training_cases(data_dir, n_val=max(1, len(list(data_dir.glob("sub-*"))) // 5), sequences=config.sequences)
     if args.ensemble > 1:
         results = train_ensemble(config, train_cases, val_cases, members=args.ensemble)
         folders = [Path(args.out) / f"member-{k}" for k in range(args.ensemble)]
@@ -649,8 +511,9 @@ def cli_train(args) -> int:
         dice = [d for d in history["val_dice"] if d == d]
         print(f"{folder}: best validation Dice {max(dice) if dice else float('nan'):.3f} after {history['seconds'][-1]:.0f} s")
     if args.preset == "reference":
-        extra = {"title": REFERENCE_TITLE, "training_data": "mstoolkit.train.reference_phantom_cases"
-                 f"({n_subjects}): phantom seeds 1000-{1000 + n_subjects - 1}, all scanner profiles; last one validation",
+        extra = {"title": REFERENCE_TITLE, "training_data": "mstoolkit.training_data.reference_phantom_cases"
+                 f"({n_subjects}, n_val={n_val or 1}): phantom seeds 1000-{1000 + n_subjects - 1}, all scanner profiles; "
+                 "the last ones validation",
                  "training_seconds": results[0][1]["seconds"][-1]}
         exported = export_reference(folders[0] / "best.pt", Path(args.out) / "reference", extra=extra)
         print(f"Reference model written to {exported} (copy it to mstoolkit/reference/ to ship it).")

@@ -13,20 +13,19 @@ import pytest
 import torch
 
 from mstoolkit.io import Case, MSToolkitInputError
-from mstoolkit.models import load_model
+from mstoolkit.models import export_reference, load_model
+from mstoolkit.plots import plot_history
 from mstoolkit.train import (
     LOSS_NAMES,
     PRESETS,
     TrainConfig,
     amp_settings,
     build_loss,
-    cache_cases,
-    export_reference,
     pick_device,
-    plot_history,
     train,
     train_ensemble,
 )
+from mstoolkit.training_data import cache_cases, split_train_val
 
 
 def toy_case(seed: int, shape=(21, 22, 19)) -> Case:
@@ -191,8 +190,24 @@ def test_export_reference(cases, tmp_path):
 
 def test_presets_are_valid_configs():
     for name, settings in PRESETS.items():
-        settings = {k: v for k, v in settings.items() if k != "n_subjects"}
+        settings = {k: v for k, v in settings.items() if k not in ("n_subjects", "n_val")}
         assert TrainConfig(**settings).model_config()["name"] == "tiny_unet", name
+
+
+def test_split_train_val_holds_out_the_last_standard_profile_cases():
+    cases = [Case(f"c{i}", {"FLAIR": np.ones((2, 2, 2), np.float32)}, np.eye(4)) for i in range(6)]
+    profiles = ["standard", "low_field", "vendor_b", "high_res", "standard", "low_field"]
+    train_cases, val_cases = split_train_val(cases, profiles=profiles)
+    assert [c.case_id for c in val_cases] == ["c4"]
+    assert [c.case_id for c in train_cases] == ["c0", "c1", "c2", "c3", "c5"]
+    _, val_cases = split_train_val(cases, profiles=profiles, n_val=3)  # only 2 standard: then the last other one
+    assert sorted(c.case_id for c in val_cases) == ["c0", "c4", "c5"]
+    train_cases, val_cases = split_train_val(cases)
+    assert [c.case_id for c in val_cases] == ["c5"] and len(train_cases) == 5
+    with pytest.raises(MSToolkitInputError, match="one per case"):
+        split_train_val(cases, profiles=profiles[:2])
+    with pytest.raises(MSToolkitInputError, match="at least 2"):
+        split_train_val(cases[:1])
 
 
 DDP_SCRIPT = textwrap.dedent(
