@@ -232,7 +232,7 @@ def grad_cam(
     layer: str | nn.Module | None = None,
     relu: bool = True,
     roi_mask: np.ndarray | None = None,
-    patch_size: tuple[int, int, int] = (128, 128, 128),
+    patch_size: tuple[int, int, int] = (96, 96, 96),
     margin: int = 8,
 ) -> np.ndarray:
     """Segmentation Grad-CAM of a region, upsampled to the input grid.

@@ -30,6 +30,7 @@ from .phantom_anatomy import (
     MNI_AFFINE,
     MNI_SHAPE,
     _anatomy,
+    _noise_volume,
     _rotation,
     _smooth_field,
     _template,
@@ -38,6 +39,7 @@ from .phantom_lesions import _MAX_COUNT, _Lesion, _rasterise, _sample_lesions
 
 __all__ = [
     "PROFILES",
+    "clear_cache",
     "generate_longitudinal_pair",
     "generate_raw_scan",
     "generate_subject",
@@ -408,3 +410,14 @@ def generate_raw_scan(*, seed: int, profile: str = "standard", spacing: Sequence
     return {"images": raw, "affine": affine, "mask": (acquire(lesion) > 0.5).astype(np.uint8),
             "brain_mask": (acquire(brain) > 0.5).astype(np.uint8), "spacing": tuple(float(s) for s in spacing),
             "orientation": "LPS", "seed": seed, "profile": profile}
+
+
+def clear_cache() -> None:
+    """Free the templates and noise volumes kept for fast generation (about 400 MB).
+
+    The next subject loads them again (a few seconds). Notebooks call this after
+    generating, before training, to stay within 2 GB.
+    """
+    _template.cache_clear()
+    _noise_volume.cache_clear()
+

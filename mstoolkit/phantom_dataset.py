@@ -29,11 +29,12 @@ from .phantom import (
     PROFILES,
     _check_options,
     _check_seed,
+    clear_cache,
     generate_longitudinal_pair,
     generate_raw_scan,
     generate_subject,
 )
-from .phantom_anatomy import _noise_volume, _template
+from .phantom_anatomy import _template
 
 __all__ = ["cli_phantom", "generate_dataset", "raw_paths"]
 
@@ -142,8 +143,7 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_subjects: int, seed: int, 
             rows.append(row)
         _write_tables(tmp, rows, seed=seed, longitudinal=longitudinal, raw=raw)
         if not cached_before:  # give the ~400 MB of cached maps back (notebooks train next)
-            _template.cache_clear()
-            _noise_volume.cache_clear()
+            clear_cache()
         tmp.chmod(0o755)  # mkdtemp makes it private; a dataset is meant to be shared
         if out.exists():
             out.rmdir()

@@ -174,3 +174,12 @@ def test_raw_scan_has_skull_bias_and_lps_axes(tmp_path):
 def test_bad_options_raise_clear_errors(call, message):
     with pytest.raises(MSToolkitInputError, match=message):
         call()
+
+
+def test_clear_cache_frees_the_cached_templates():
+    from mstoolkit.phantom_anatomy import _template
+
+    _template()
+    assert _template.cache_info().currsize == 1
+    phantom.clear_cache()
+    assert _template.cache_info().currsize == 0
