@@ -19,24 +19,17 @@ import os
 import sys
 import time
 
-from _common import limit_threads, peak_rss_mb, run_fresh, write_json
+from _common import benchmark_scan, limit_threads, peak_rss_mb, run_fresh, write_json
 
 
 def _load():
     import numpy as np
 
-    from mstoolkit.datasets import load_dataset_case, real_sample_dir
     from mstoolkit.inference import brain_region, prepare_inputs
     from mstoolkit.models import load_model
 
     limit_threads(2, torch=True)
-    real = real_sample_dir()
-    if real is not None:
-        case = load_dataset_case(real, "patient26")
-    else:
-        from mstoolkit.phantom import generate_subject
-
-        case = generate_subject(seed=0)
+    case = benchmark_scan()
     model, config = load_model("reference")
     inputs = prepare_inputs(case, tuple(config["sequences"]))
     return case, model, inputs, brain_region(case), np

@@ -19,23 +19,16 @@ import os
 import sys
 import time
 
-from _common import limit_threads, peak_rss_mb, run_fresh, write_json
+from _common import benchmark_scan, limit_threads, peak_rss_mb, run_fresh, write_json
 
 
 def _one(name: str) -> dict:
     from mstoolkit import uncertainty
-    from mstoolkit.datasets import load_dataset_case, real_sample_dir
     from mstoolkit.inference import brain_region, prepare_inputs
     from mstoolkit.models import load_model
 
     limit_threads(2, torch=True)
-    real = real_sample_dir()
-    if real is not None:
-        case = load_dataset_case(real, "patient26")
-    else:
-        from mstoolkit.phantom import generate_subject
-
-        case = generate_subject(seed=0)
+    case = benchmark_scan()
     model, config = load_model("reference")
     inputs, brain = prepare_inputs(case, tuple(config["sequences"])), brain_region(case)
     start = time.perf_counter()

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import Case, MSToolkitInputError, spacing_from_affine
+from .io import Case, MSToolkitInputError, bounding_box, spacing_from_affine
 
-__all__ = ["brain_region", "prepare_inputs", "predict", "remove_small_lesions", "lesion_report", "segment_files", "cli_segment"]
+__all__ = ["brain_region", "prepare_inputs", "check_model_inputs", "predict", "remove_small_lesions", "lesion_report", "segment_files", "cli_segment"]
 
 
 def brain_region(case: Case) -> np.ndarray:
@@ -75,6 +75,22 @@ def _sliding_window(model: nn.Module, inputs: torch.Tensor, roi_size: Sequence[i
     return sliding_window_inference(inputs, window, 2, model, overlap=overlap, mode="gaussian")
 
 
+def check_model_inputs(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``inputs`` (channels, x, y, z) as a detached float32 tensor; a clear error for another shape or NaNs.
+
+    What :func:`prepare_inputs` returns passes; interpretation and uncertainty methods check with this.
+    """
+    x = inputs.detach().float() if torch.is_tensor(inputs) else torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+    if x.ndim != 4:
+        raise MSToolkitInputError(
+            f"'inputs' must be (channels, x, y, z), got shape {tuple(x.shape)}. "
+            "Use mstoolkit.inference.prepare_inputs(case, sequences)."
+        )
+    if not torch.isfinite(x).all():
+        raise MSToolkitInputError("'inputs' contains NaN or infinite values; normalise the images first.")
+    return x
+
+
 def predict(
     model: nn.Module,
     case: Case,
@@ -114,7 +130,6 @@ def predict(
     Introduced in notebook 03.
     """
     from .models import model_in_channels
-    from .io import bounding_box
     from .train import pick_device
 
     if threshold is None:

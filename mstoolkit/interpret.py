@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .inference import check_model_inputs
 from .io import MSToolkitInputError, bounding_box
 
 __all__ = ["ATTRIBUTION_METHODS", "candidate_layers", "grad_cam", "input_attribution"]
@@ -60,18 +61,6 @@ def _lesion_logit(output: torch.Tensor) -> torch.Tensor:
     if output.ndim != 5 or output.shape[1] not in (1, 2):
         raise MSToolkitInputError(f"the model must output (batch, 1 or 2, x, y, z) logits, got shape {tuple(output.shape)}.")
     return output[:, 0] if output.shape[1] == 1 else output[:, 1] - output[:, 0]
-
-
-def _check_inputs(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(inputs, dtype=np.float32) if not torch.is_tensor(inputs) else inputs).float()
-    if x.ndim != 4:
-        raise MSToolkitInputError(
-            f"'inputs' must be (channels, x, y, z), got shape {tuple(x.shape)}. "
-            "Use mstoolkit.inference.prepare_inputs(case, sequences)."
-        )
-    if not torch.isfinite(x).all():
-        raise MSToolkitInputError("'inputs' contains NaN or infinite values; normalise the images first.")
-    return x.detach()
 
 
 def _check_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -267,7 +256,7 @@ def grad_cam(
 
     Introduced in notebook 05.
     """
-    x = _check_inputs(inputs)
+    x = check_model_inputs(inputs)
     shape = tuple(x.shape[1:])
     region = _resolve_target(target, shape)
     name, module = _find_layer(model, layer)
@@ -386,7 +375,7 @@ def input_attribution(
     """
     if method not in ATTRIBUTION_METHODS:
         raise MSToolkitInputError(f"Unknown method {method!r}; allowed: {', '.join(ATTRIBUTION_METHODS)}.")
-    x = _check_inputs(inputs)
+    x = check_model_inputs(inputs)
     shape = tuple(x.shape[1:])
     region = _resolve_target(target, shape)
     if method == "occlusion":

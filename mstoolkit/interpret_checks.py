@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .inference import check_model_inputs
 from .interpret import (
     _CONV_TYPES,
     ATTRIBUTION_METHODS,
     _bounds,
-    _check_inputs,
     _check_mask,
     _device,
     _evaluation,
@@ -89,7 +89,7 @@ def sequence_importance(
     """
     import pandas as pd
 
-    x = _check_inputs(inputs)
+    x = check_model_inputs(inputs)
     shape = tuple(x.shape[1:])
     if len(sequences) != x.shape[0]:
         raise MSToolkitInputError(f"'sequences' names {len(sequences)} channels but 'inputs' has {x.shape[0]}.")
@@ -201,7 +201,7 @@ def randomization_test(
 
     if method != "grad_cam" and method not in ATTRIBUTION_METHODS:
         raise MSToolkitInputError(f"Unknown method {method!r}; allowed: grad_cam, {', '.join(ATTRIBUTION_METHODS)}.")
-    x = _check_inputs(inputs)
+    x = check_model_inputs(inputs)
     shape = tuple(x.shape[1:])
     if isinstance(target, str) and target == "prediction":
         box = _bounds(roi_mask, shape, options.get("margin", 8))

@@ -136,7 +136,7 @@ def load_training_cases(data_dir: str | Path, *, n_val: int, sequences: Sequence
         case.images = {name: image for name, image in case.images.items() if name in sequences}  # keep memory low
         cases.append(case)
     profiles = None
-    table = Path(data_dir) / "participants.tsv"
+    table = data_dir / "participants.tsv"
     if table.exists():
         participants = pd.read_csv(table, sep="\t")
         if "profile" in participants:

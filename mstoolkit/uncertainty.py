@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .inference import check_model_inputs
 from .io import MSToolkitInputError, bounding_box, check_mask_shape
 from .metrics import ndsc_from_counts
 from .plots import LINE_COLOURS
@@ -72,16 +73,6 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, mode in modes.items():
             module.train(mode)
-
-
-def _check_inputs(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
-    x = inputs.detach().float() if torch.is_tensor(inputs) else torch.as_tensor(np.asarray(inputs, dtype=np.float32))
-    if x.ndim != 4:
-        raise MSToolkitInputError(
-            f"'inputs' must be (channels, x, y, z), got shape {tuple(x.shape)}. "
-            "Use mstoolkit.inference.prepare_inputs(case, sequences)."
-        )
-    return x
 
 
 def _box(mask: np.ndarray | None, shape: tuple[int, ...], margin: int = 8) -> tuple[slice, ...]:
@@ -191,7 +182,7 @@ def sample_predictions(
 
     if method not in SAMPLING_METHODS:
         raise MSToolkitInputError(f"Unknown method {method!r}; allowed: {', '.join(SAMPLING_METHODS)}.")
-    x = _check_inputs(inputs)
+    x = check_model_inputs(inputs)
     models = list(model_or_models) if isinstance(model_or_models, (list, tuple)) else [model_or_models]
     if method == "ensemble":
         if len(models) < 2:

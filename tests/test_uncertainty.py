@@ -188,6 +188,10 @@ def test_errors(inputs):
         U.sample_predictions(_net(), inputs, method="tta", n=1)
     with pytest.raises(MSToolkitInputError, match=r"\(channels, x, y, z\)"):
         U.sample_predictions(_net(), inputs[0], method="tta")
+    with_nan = inputs.copy()
+    with_nan[0, 0, 0, 0] = np.nan
+    with pytest.raises(MSToolkitInputError, match="NaN or infinite"):
+        U.sample_predictions(_net(), with_nan, method="tta")
     with pytest.raises(MSToolkitInputError, match="probabilities in"):
         U.uncertainty_maps(np.full((2, 2, 2, 2), 2.0))
     with pytest.raises(MSToolkitInputError, match="allowed: entropy"):
