@@ -126,15 +126,31 @@ def setup_cell_source(repository: str | None = None) -> str:
 
 # --------------------------------------------------------------------------- running
 
+def _resident_peak(process) -> int:
+    """The process's own peak resident memory (Linux ``VmHWM``), else its current resident memory.
+
+    Polling the current value misses spikes shorter than the polling interval; the
+    high-water mark does not, and a spike is what gets a Binder kernel killed.
+    """
+    try:
+        with open(f"/proc/{process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return process.memory_info().rss
+
+
 def _kernel_rss() -> int:
-    """Summed RSS of the kernel (this process's child running ``ipykernel_launcher``) and all it starts."""
+    """Summed peak resident memory of the kernel (this process's child running ``ipykernel_launcher``) and all it starts."""
     import psutil
 
     total = 0
     for child in psutil.Process(os.getpid()).children():
         try:  # other children (a Jupyter server started by a test, say) are not counted
             if "ipykernel_launcher" in " ".join(child.cmdline()):
-                total += sum(p.memory_info().rss for p in [child, *child.children(recursive=True)])
+                total += sum(_resident_peak(p) for p in [child, *child.children(recursive=True)])
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue  # a process that just ended
     return total

@@ -337,6 +337,20 @@ def test_peak_memory_counts_kernel_children(tmp_path):
     assert 300 < record["peak_memory_mb"] < 1000
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the high-water mark is read from /proc")
+def test_peak_memory_remembers_freed_spikes():
+    # A spike freed before the next poll is what kills a Binder kernel: the peak must still show it.
+    import numpy as np
+    import psutil
+
+    from mstoolkit.runner import _resident_peak
+
+    process = psutil.Process()
+    spike = np.ones(400 * 2**20 // 8)
+    del spike
+    assert _resident_peak(process) - process.memory_info().rss > 300 * 2**20
+
+
 def test_no_notebooks_found(tmp_path, monkeypatch):
     monkeypatch.setattr("mstoolkit.runner.notebook_paths", lambda folder=None: [])
     with pytest.raises(MSToolkitInputError, match=r"No notebooks NN_\*.ipynb found in notebooks/"):

@@ -104,6 +104,21 @@ def test_every_named_augmentation(case):
     assert not torch.allclose(torch.as_tensor(out["FLAIR"]), torch.as_tensor(out["T1"]))
 
 
+def test_elastic_moves_image_and_label_together():
+    z, y, x = np.mgrid[:40, :40, :40]
+    blob = ((z - 20) ** 2 + (y - 16) ** 2 + (x - 24) ** 2 < 64).astype(np.float32)[None]
+    sample = {"FLAIR": torch.as_tensor(blob), "label": torch.as_tensor(blob.copy())}
+    warp = tr.RandElasticd(["FLAIR", "label"], modes=["bilinear", "nearest"], magnitude=0.08)
+    warp.set_random_state(seed=4)
+    out = warp(sample)
+    moved = out["label"].numpy() > 0.5
+    assert not np.array_equal(moved, blob > 0.5)  # it deformed...
+    overlap = 2 * (moved & (out["FLAIR"].numpy() > 0.5)).sum() / (moved.sum() + (out["FLAIR"].numpy() > 0.5).sum())
+    assert overlap > 0.95  # ...image and label alike
+    still = tr.RandElasticd(["FLAIR"], modes=["bilinear"], magnitude=0.0)(sample)
+    torch.testing.assert_close(still["FLAIR"], sample["FLAIR"], atol=1e-5, rtol=0)  # no displacement: identity
+
+
 def test_from_files_pipeline_orients_and_resamples(tmp_path, case):
     lps = np.diag([-1.0, -1.0, 1.2, 1.0])
     save_image(tmp_path / "f.nii.gz", case.images["FLAIR"][::-1, ::-1], lps)
