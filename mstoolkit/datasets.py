@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .io import Case, MSToolkitInputError, load_case
 
@@ -58,8 +59,16 @@ class CaseFiles:
     session: str | None = None
     meta: dict = field(default_factory=dict)
 
-    def load(self) -> Case:
-        case = load_case(self.images, mask=self.mask, brain_mask=self.brain_mask, case_id=self.case_id)
+    def load(self, sequences: Sequence[str] | None = None) -> Case:
+        """Read the files; with ``sequences`` only those images (less memory), in that order."""
+        images = self.images
+        if sequences is not None:
+            missing = [s for s in sequences if s not in self.images]
+            if missing:
+                raise MSToolkitInputError(f"Case '{self.case_id}' has no {', '.join(missing)} image; "
+                                          f"it has {', '.join(self.images) or 'none'}.")
+            images = {s: self.images[s] for s in sequences}
+        case = load_case(images, mask=self.mask, brain_mask=self.brain_mask, case_id=self.case_id)
         case.meta.update(self.meta, subject=self.subject, session=self.session)
         return case
 
@@ -152,13 +161,13 @@ def list_cases(data_dir: str | os.PathLike) -> list[CaseFiles]:
     return cases
 
 
-def load_dataset_case(data_dir: str | os.PathLike, case_id: str) -> Case:
-    """Load one case of a dataset folder by its id (e.g. ``"sub-001"`` or ``"patient26"``)."""
+def load_dataset_case(data_dir: str | os.PathLike, case_id: str, *, sequences: Sequence[str] | None = None) -> Case:
+    """Load one case of a dataset folder by its id (e.g. ``"sub-001"`` or ``"patient26"``), optionally only ``sequences``."""
     cases = {c.case_id: c for c in list_cases(data_dir)}
     if case_id not in cases:
         shown = ", ".join(list(cases)[:10]) + (" …" if len(cases) > 10 else "")
         raise MSToolkitInputError(f"No case '{case_id}' in '{data_dir}'; available: {shown}.")
-    return cases[case_id].load()
+    return cases[case_id].load(sequences)
 
 
 def load_cases(data_dir: str | os.PathLike, case_ids: list[str] | None = None) -> list[Case]:

@@ -132,9 +132,7 @@ def load_training_cases(data_dir: str | Path, *, n_val: int, sequences: Sequence
         raise MSToolkitInputError(f"'{data_dir}' needs at least 2 cases with lesion masks (train + validation), found {len(refs)}.")
     cases = []
     for ref in tqdm(refs, desc="loading cases", leave=False):
-        case = ref.load()
-        case.images = {name: image for name, image in case.images.items() if name in sequences}  # keep memory low
-        cases.append(case)
+        cases.append(ref.load(sequences))  # only the sequences the model reads: less memory
     profiles = None
     table = data_dir / "participants.tsv"
     if table.exists():

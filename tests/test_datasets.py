@@ -26,6 +26,10 @@ def test_bids_layout_listed_and_loaded(tmp_path):
     assert set(cases[0].images) == {"FLAIR", "T1"} and cases[0].brain_mask is None
     case = load_dataset_case(tmp_path, "sub-002_ses-02")
     assert case.mask is not None and case.meta["session"] == "ses-02"
+    flair_only = load_dataset_case(tmp_path, "sub-001", sequences=["FLAIR"])  # less memory
+    assert list(flair_only.images) == ["FLAIR"] and flair_only.mask is not None
+    with pytest.raises(MSToolkitInputError, match="Case 'sub-001' has no T2 image; it has FLAIR, T1"):
+        cases[0].load(["FLAIR", "T2"])
 
 
 def test_missing_and_empty_folders(tmp_path):
