@@ -137,7 +137,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--skull-strip", action="store_true", help="skull-strip the inputs first")
     p.add_argument("--register", action="store_true", help="register T1/T2 to the FLAIR first")
     p.add_argument("--threshold", type=float, default=None, help="probability cut-off (default: the model's, else 0.5)")
-    p.add_argument("--min-lesion-mm3", type=float, default=None)
+    p.add_argument("--min-lesion-mm3", type=float, default=None,
+                   help="drop lesions smaller than this (default: the model's own, chosen on validation data; 0 keeps all)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.set_defaults(run=_handler("inference", "cli_segment"))
 

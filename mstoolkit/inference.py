@@ -118,7 +118,9 @@ def predict(
         ``threshold`` attribute (chosen on validation data when it was trained, set by
         :func:`mstoolkit.models.load_model`), else 0.5.
     min_lesion_mm3 : float, optional
-        Remove connected components (26-connectivity) smaller than this volume.
+        Remove connected components (26-connectivity) smaller than this volume. Default: the
+        model's ``min_lesion_mm3`` attribute (chosen on validation data when it was trained),
+        else 0 (keep all).
     device : "cpu", "cuda", "mps" or "auto"
     roi_size, overlap : sliding-window size (voxels) and overlap fraction
 
@@ -134,6 +136,8 @@ def predict(
 
     if threshold is None:
         threshold = float(getattr(model, "threshold", 0.5))
+    if min_lesion_mm3 is None:
+        min_lesion_mm3 = float(getattr(model, "min_lesion_mm3", 0.0))
     if not 0.0 < threshold < 1.0:
         raise MSToolkitInputError(f"'threshold' must be between 0 and 1 (exclusive), got {threshold!r}.")
     expected = model_in_channels(model)
@@ -265,12 +269,13 @@ def segment_files(
     save_like(out_dir / "lesion_probability.nii.gz", probability, paths["FLAIR"], dtype=np.float32)
     report = lesion_report(probability, mask, flair_affine)
     used_threshold = threshold if threshold is not None else float(getattr(net, "threshold", 0.5))
+    used_min_lesion = min_lesion_mm3 if min_lesion_mm3 is not None else float(getattr(net, "min_lesion_mm3", 0.0))
     report = {
         **report,
         "model": {"name": config.get("title", config["name"]), "architecture": config["name"],
                   "version": config.get("version", __version__), "source": str(model)},
         "inputs": {name: str(path.resolve()) for name, path in paths.items()},
-        "settings": {"threshold": used_threshold, "min_lesion_mm3": min_lesion_mm3, "tta": tta,
+        "settings": {"threshold": used_threshold, "min_lesion_mm3": used_min_lesion, "tta": tta,
                      "skull_strip": skull_strip, "register": register},
         "seconds": round(time.perf_counter() - started, 2),
     }

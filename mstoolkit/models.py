@@ -312,7 +312,8 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
     model : torch.nn.Module
     config : dict
         Holds ``"name"``, ``"sequences"``, ``"normalisation"``, ``"threshold"`` and training details.
-        The model's ``threshold`` attribute holds ``config["threshold"]`` (default 0.5).
+        The model's ``threshold`` and ``min_lesion_mm3`` attributes hold ``config["threshold"]``
+        (default 0.5) and ``config["min_lesion_mm3"]`` (default 0: keep every component).
 
     Introduced in notebook 03; notebooks 04–06 load the reference model with it.
     """
@@ -337,7 +338,9 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
         state, config = checkpoint["model"], dict(checkpoint["config"])
     model = _build_from_config(config)
     model.load_state_dict(state)
-    model.threshold = float(config.get("threshold", 0.5))  # the cut-off chosen on validation data; predict() uses it
+    # the cut-off and smallest lesion kept, chosen on validation data; predict() uses them
+    model.threshold = float(config.get("threshold", 0.5))
+    model.min_lesion_mm3 = float(config.get("min_lesion_mm3", 0.0))
     return model.to(device).eval(), config
 
 

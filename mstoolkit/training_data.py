@@ -53,6 +53,7 @@ def cache_cases(cases: Sequence[Case], sequences: Sequence[str], *, min_size: Se
             "fg": np.flatnonzero(lesion),
             "bg": np.flatnonzero(brain.astype(bool) & ~lesion),
             "case_id": case.case_id,
+            "spacing": case.spacing,
         })
     return cached
 

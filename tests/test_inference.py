@@ -54,6 +54,10 @@ def test_predict_on_input_grid_with_tta_and_min_size():
     assert probability.min() >= 0 and probability.max() <= 1
     _, cleaned = predict(_BrightFlair(), case, roi_size=(16, 16, 16), min_lesion_mm3=5.0)  # 1 voxel = 1.62 mm³
     assert int(cleaned.sum()) == 48 and cleaned[4, 6, 4] == 0
+    model = _BrightFlair()
+    model.min_lesion_mm3 = 5.0  # chosen on validation data at training time (load_model sets it)
+    assert int(predict(model, case, roi_size=(16, 16, 16))[1].sum()) == 48  # the model's own default
+    assert int(predict(model, case, roi_size=(16, 16, 16), min_lesion_mm3=0)[1].sum()) == 49  # 0 keeps all
 
 
 def test_predict_matches_a_whole_volume_forward_pass():

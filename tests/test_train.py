@@ -17,6 +17,7 @@ from mstoolkit.models import export_reference, load_model
 from mstoolkit.plots import plot_history
 from mstoolkit.train import (
     LOSS_NAMES,
+    MIN_LESION_CANDIDATES_MM3,
     PRESETS,
     TrainConfig,
     amp_settings,
@@ -159,6 +160,7 @@ def test_checkpoints_and_resume_equal_unbroken_run(cases, tmp_path):
     best, best_config = load_model(full_dir / "best.pt")
     assert 0.1 <= best_config["threshold"] <= 0.7 and best.threshold == best_config["threshold"]  # tuned on validation
     assert unbroken.threshold == best.threshold
+    assert best_config["min_lesion_mm3"] in MIN_LESION_CANDIDATES_MM3 and best.min_lesion_mm3 == unbroken.min_lesion_mm3
     assert best_config["sequences"] == ["FLAIR", "T1"] and best_config["normalisation"]["method"] == "zscore"
     x = torch.randn(1, 2, 9, 10, 11)
     with torch.no_grad():
