@@ -418,6 +418,9 @@ def clear_cache() -> None:
     The next subject loads them again (a few seconds). Notebooks call this after
     generating, before training, to stay within 2 GB.
     """
+    from .doctor import release_memory
+
     _template.cache_clear()
     _noise_volume.cache_clear()
+    release_memory()
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .io import Case, MSToolkitInputError
+from .doctor import release_memory
 from .models import build_model, export_reference, save_model
 from .plots import plot_history
 from .training_data import (
@@ -448,6 +449,8 @@ def train(
         for tensor in model.state_dict().values():  # every process returns rank 0's best model
             dist.broadcast(tensor, src=0)
         dist.barrier()
+    del cached_train, cached_val  # the normalised volumes: give their memory back now (Binder allows 2 GB)
+    release_memory()
     return model.eval(), history
 
 
