@@ -340,6 +340,7 @@ def train(
     out_dir = Path(config.out_dir) if config.out_dir else None
 
     seed_everything(config.seed)
+    release_memory()  # memory earlier steps freed (a notebook's previous cells) goes back first: training needs it
     cached_train = cache_cases(train_cases, config.sequences, min_size=config.patch_size)
     cached_val = cache_cases(val_cases, config.sequences) if rank == 0 else []
     model = build_model(config.model, in_channels=len(config.sequences), dropout=config.dropout, features=config.features).to(device)
