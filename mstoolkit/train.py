@@ -228,6 +228,7 @@ def _validation_probabilities(model: nn.Module, cached: list[dict], config: Trai
     from monai.inferers import sliding_window_inference
 
     model.eval()
+    release_memory()  # the training steps' freed buffers: whole-volume inference needs the room (2 GB on Binder)
     roi = tuple(max(a, b) for a, b in zip(config.val_roi_size, config.patch_size))
     probabilities = []
     with torch.no_grad(), torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
