@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import Case, MSToolkitInputError
 from .doctor import release_memory
+from .io import Case, MSToolkitInputError
 from .models import build_model, export_reference, save_model
 from .plots import plot_history
 from .training_data import (

@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable
 
 from .io import Case, MSToolkitInputError
@@ -88,22 +90,19 @@ class RandElasticd(Randomizable, MapTransform):
         self.coarse = self.R.uniform(-1, 1, (1, 3) + (self.control_points,) * 3) * 2 * self.magnitude  # grid spans 2
 
     def __call__(self, data: dict) -> dict:
-        import torch
-        import torch.nn.functional as F
-
         self.randomize()
         if not self.apply:
             return data
         out = dict(data)
-        shape = tuple(torch.as_tensor(data[self.keys[0]]).shape[1:])
+        shape = tuple(data[self.keys[0]].shape[1:])
         field = F.interpolate(torch.as_tensor(self.coarse, dtype=torch.float32), size=shape, mode="trilinear",
                               align_corners=True)
         axes = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij")
         grid = (torch.stack(axes) + field[0]).permute(1, 2, 3, 0).flip(-1)[None]  # grid_sample wants (z, y, x) order
         for key, mode in zip(self.keys, self.modes):
-            volume = torch.as_tensor(data[key], dtype=torch.float32)[None]
-            warped = F.grid_sample(volume, grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
-            out[key] = warped.to(torch.as_tensor(data[key]).dtype)
+            volume = torch.as_tensor(data[key])
+            warped = F.grid_sample(volume.float()[None], grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+            out[key] = warped.to(volume.dtype)
         return out
 
 
@@ -289,7 +288,6 @@ def augmentation_grid(
     """
     import matplotlib.pyplot as plt
     import monai.transforms as mt
-    import torch
     from scipy import ndimage
 
     from .normalization import normalize_percentile
