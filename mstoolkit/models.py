@@ -303,7 +303,8 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
         ``"reference"`` loads the model shipped in the package (trained on the
         phantom only; see MODEL_CARD.md). Otherwise a checkpoint written by
         :func:`save_model` or by ``mstoolkit train`` (``best.pt``/``last.pt``),
-        or a folder holding ``best.pt``.
+        a folder holding ``best.pt``, or a folder written by :func:`export_reference`
+        (``model.pt`` + ``config.json``).
     device : str, keyword-only
         ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
 
@@ -320,11 +321,13 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
     from .train import pick_device
 
     device = pick_device(device, verbose=False)
-    if str(source) == "reference":
-        config = json.loads((REFERENCE_DIR / "config.json").read_text())
-        weights = REFERENCE_DIR / config.get("weights", "model.pt")
+    exported = REFERENCE_DIR if str(source) == "reference" else Path(source)
+    if (exported / "config.json").is_file():  # the shipped model, or a folder written by export_reference
+        config = json.loads((exported / "config.json").read_text())
+        weights = exported / config.get("weights", "model.pt")
         if not weights.exists():
-            raise FileNotFoundError(f"The reference model weights '{weights}' are missing; reinstall mstoolkit.")
+            hint = "reinstall mstoolkit" if str(source) == "reference" else "export the model again"
+            raise FileNotFoundError(f"The model weights '{weights}' are missing; {hint}.")
         state = torch.load(weights, map_location="cpu", weights_only=True)
     else:
         path = Path(source)

@@ -188,6 +188,14 @@ def test_export_reference(cases, tmp_path):
     train(tiny_config(tmp_path / "run", epochs=1), cases[:2], cases[2:])
     out = export_reference(tmp_path / "run" / "best.pt", tmp_path / "ref", extra={"title": "toy"})
     assert {"model.pt", "config.json"} <= {p.name for p in out.iterdir()}
+    exported, config = load_model(out)  # an exported folder loads like the shipped model
+    trained, _ = load_model(tmp_path / "run" / "best.pt")
+    assert config["title"] == "toy"
+    x = torch.randn(1, len(config["sequences"]), 16, 16, 16)
+    torch.testing.assert_close(exported(x), trained(x))
+    (out / "model.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="export the model again"):
+        load_model(out)
 
 
 def test_presets_are_valid_configs():
