@@ -128,8 +128,9 @@ def _affine_theta(rng: np.random.Generator, shape: Sequence[int], degrees: float
 
 
 def _warp(volume: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    # "border" repeats the edge: a zero brought in would be a logit of 0, i.e. probability 0.5
     grid = F.affine_grid(theta[None], [1, 1, *volume.shape[-3:]], align_corners=False)
-    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _inverse(theta: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,17 @@ def test_ensemble_and_tta(inputs):
     assert np.abs(tta[inner] - tta[0][inner[1:]]).max() < 0.1
 
 
+def test_tta_brings_no_half_probability_in_at_the_borders(inputs):
+    # A model sure that nothing is a lesion: rotated and scaled copies must not pad the border
+    # with logit 0 (probability 0.5) when they are mapped back.
+    certain = nn.Conv3d(2, 1, 1).eval()
+    with torch.no_grad():
+        certain.weight.zero_()
+        certain.bias.fill_(-6.0)
+    tta = U.sample_predictions(certain, inputs, method="tta", n=4, roi_size=ROI, tta_degrees=20, tta_scale=0.2)
+    np.testing.assert_allclose(tta, 1 / (1 + math.exp(6.0)), atol=1e-6)
+
+
 def test_warp_round_trip():
     rng = np.random.default_rng(0)
     grid = np.mgrid[0:20, 0:16, 0:24].astype(np.float32)
