@@ -17,7 +17,6 @@ from mstoolkit.models import export_reference, load_model
 from mstoolkit.plots import plot_history
 from mstoolkit.train import (
     LOSS_NAMES,
-    MIN_LESION_CANDIDATES_MM3,
     PRESETS,
     TrainConfig,
     amp_settings,
@@ -27,6 +26,7 @@ from mstoolkit.train import (
     train_ensemble,
 )
 from mstoolkit.training_data import cache_cases, split_train_val
+from mstoolkit.validation import MIN_LESION_CANDIDATES_MM3
 
 
 def toy_case(seed: int, shape=(21, 22, 19)) -> Case:
