@@ -33,6 +33,8 @@ __all__ = [
     "AUGMENT_LEVELS",
     "augmentation",
     "RandElasticd",
+    "RandLesionContrastd",
+    "RandBrainContrastd",
     "train_transforms",
     "val_transforms",
     "case_to_dict",
@@ -42,6 +44,7 @@ __all__ = [
 #: Named augmentations understood by :func:`augmentation`.
 AUGMENTATIONS = (
     "flip", "affine", "elastic", "gamma", "noise", "bias_field", "low_resolution", "histogram_shift",
+    "brain_contrast", "lesion_contrast",
 )
 #: Augmentation levels of :func:`train_transforms`: which augmentations run, with what probability.
 AUGMENT_LEVELS = {
@@ -106,6 +109,91 @@ class RandElasticd(Randomizable, MapTransform):
         return out
 
 
+class RandLesionContrastd(Randomizable, MapTransform):
+    """Make each lesion fainter or brighter against its surroundings, by a random factor per sequence.
+
+    Real lesions range from faint to very bright on FLAIR (and from grey to black on T1);
+    a phantom's lesions all have about the same contrast. Per lesion (connected component
+    of the label) and per channel, the difference to the surrounding tissue (median of a
+    2-voxel shell around the lesions) is multiplied by a factor drawn from ``factors``,
+    blended at the border so no edge is drawn that the image did not have. The label is
+    unchanged: a faint lesion is still a lesion. Label-aware, so training-only.
+    """
+
+    def __init__(self, keys: Sequence[str] = ("image",), *, label_key: str = _LABEL, prob: float = 0.5,
+                 factors: tuple[float, float] = (0.6, 1.4)):
+        MapTransform.__init__(self, keys)
+        self.label_key, self.prob, self.factors = label_key, prob, factors
+
+    def randomize(self, data=None) -> None:
+        self.apply = self.R.rand() < self.prob
+
+    def __call__(self, data: dict) -> dict:
+        from scipy import ndimage as ndi
+
+        self.randomize()
+        lesion = np.asarray(data[self.label_key])[0] > 0
+        if not self.apply or not lesion.any():
+            return data
+        components, n = ndi.label(lesion, structure=np.ones((3, 3, 3)))
+        weight = np.maximum(lesion, ndi.gaussian_filter(lesion.astype(np.float32), 0.7))  # soft outer border
+        owner = ndi.grey_dilation(components, size=(3, 3, 3))  # border voxels take a neighbouring lesion's factor
+        shell = ndi.binary_dilation(lesion, iterations=2) & ~lesion
+        out = dict(data)
+        for key in self.keys:
+            image = np.array(data[key], dtype=np.float32)  # a copy: the cached volume stays untouched
+            for c in range(image.shape[0]):
+                around = image[c][shell & (image[c] != 0)]  # outside the brain is 0: not tissue
+                if around.size == 0:
+                    continue
+                factor = np.concatenate([[1.0], self.R.uniform(*self.factors, n)]).astype(np.float32)[owner]
+                image[c] += (factor - 1) * weight * (image[c] - np.median(around))
+            out[key] = torch.as_tensor(image)
+        return out
+
+
+class RandBrainContrastd(Randomizable, MapTransform):
+    """A random monotone intensity curve per channel, inside the brain only: contrast randomisation.
+
+    The idea of SynthSeg (Billot et al. 2023): if the distances between tissue intensities
+    keep changing in training, the network has to rely on their order and on shapes, which
+    carry over to other scanners. MONAI's ``RandHistogramShift`` draws the curve; unlike
+    applying it to the whole patch, the background stays 0 (as in every skull-stripped
+    input) and the brain keeps its mean and spread, so the z-score normalisation still holds.
+    """
+
+    def __init__(self, keys: Sequence[str] = ("image",), *, prob: float = 0.3,
+                 num_control_points: tuple[int, int] = (5, 10)):
+        from monai.transforms import RandHistogramShift
+
+        MapTransform.__init__(self, keys)
+        self.prob = prob
+        self.curve = RandHistogramShift(num_control_points=num_control_points, prob=1.0)
+
+    def randomize(self, data=None) -> None:
+        self.apply = self.R.rand() < self.prob
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize()
+        if not self.apply:
+            return data
+        self.curve.R = self.R  # one random stream: Compose's seed fixes the curves too
+        out = dict(data)
+        for key in self.keys:
+            image = np.array(data[key], dtype=np.float32)
+            for c in range(image.shape[0]):
+                brain = image[c] != 0
+                values = image[c][brain]
+                if values.size < 2 or values.std() == 0:
+                    continue
+                mapped = np.asarray(self.curve(values[None]), dtype=np.float32)[0]
+                spread = mapped.std()
+                if spread > 0:
+                    image[c][brain] = (mapped - mapped.mean()) / spread * values.std() + values.mean()
+            out[key] = torch.as_tensor(image)
+        return out
+
+
 def augmentation(name: str, keys: Sequence[str], *, label_key: str | None = _LABEL, prob: float = 1.0):
     """One named augmentation from the literature as a MONAI dictionary transform.
 
@@ -118,7 +206,10 @@ def augmentation(name: str, keys: Sequence[str], *, label_key: str | None = _LAB
         between scanners): ``gamma`` (0.7–1.5), ``noise`` (Gaussian), ``bias_field``
         (smooth multiplicative field, like an uncorrected coil), ``low_resolution``
         (down- then up-sampling, like thick slices), ``histogram_shift`` (random
-        monotone intensity curve: contrast randomisation).
+        monotone intensity curve: contrast randomisation), ``brain_contrast`` (the same
+        inside the brain only, background kept at 0: :class:`RandBrainContrastd`).
+        Label-aware (needs ``label_key``): ``lesion_contrast`` (each lesion fainter or
+        brighter against its surroundings: :class:`RandLesionContrastd`).
     keys : the image keys (sequence names)
     label_key : the label key moved with spatial augmentations (None: no label)
     prob : probability of applying it to a sample
@@ -140,6 +231,12 @@ def augmentation(name: str, keys: Sequence[str], *, label_key: str | None = _LAB
                               mode=modes, padding_mode="zeros")
     if name == "elastic":
         return RandElasticd(spatial, modes=modes, prob=prob)
+    if name == "brain_contrast":
+        return RandBrainContrastd(keys, prob=prob)
+    if name == "lesion_contrast":
+        if not label_key:
+            raise MSToolkitInputError("'lesion_contrast' changes the lesions the label marks: pass label_key.")
+        return RandLesionContrastd(keys, label_key=label_key, prob=prob)
     per_sequence = {
         "gamma": lambda k: mt.RandAdjustContrastd([k], prob=prob, gamma=(0.7, 1.5), retain_stats=True),
         "noise": lambda k: mt.RandGaussianNoised([k], prob=prob, std=0.1),

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from mstoolkit import transforms as tr
 from mstoolkit.io import Case, MSToolkitInputError, save_image, save_mask
@@ -94,7 +95,8 @@ def test_every_named_augmentation(case):
         assert not torch.equal(torch.as_tensor(out["FLAIR"]), sample["FLAIR"]), name
         if name == "flip":  # left-right mirror of image and label together
             assert torch.equal(torch.as_tensor(out["label"]), torch.flip(sample["label"], dims=[1]))
-        if name in ("gamma", "noise", "bias_field", "histogram_shift", "low_resolution"):
+        if name in ("gamma", "noise", "bias_field", "histogram_shift", "low_resolution", "brain_contrast",
+                    "lesion_contrast"):
             assert torch.equal(torch.as_tensor(out["label"]), sample["label"])  # intensity only
     # intensity augmentations are drawn independently per sequence
     gamma = tr.augmentation("gamma", ["FLAIR", "T1"], prob=1.0)
@@ -119,6 +121,54 @@ def test_elastic_moves_image_and_label_together():
     torch.testing.assert_close(still["FLAIR"], sample["FLAIR"], atol=1e-5, rtol=0)  # no displacement: identity
 
 
+def test_lesion_contrast_changes_lesions_only_and_keeps_the_label():
+    rng = np.random.default_rng(0)
+    image = np.zeros((2, 40, 40, 40), np.float32)
+    image[:, 4:36, 4:36, 4:36] = rng.normal(0.0, 0.2, (2, 32, 32, 32))  # brain; 0 outside
+    label = np.zeros((1, 40, 40, 40), np.uint8)
+    label[0, 10:16, 10:16, 10:16] = 1
+    label[0, 24:30, 24:30, 24:30] = 1
+    image[0][label[0] > 0] += 2.0  # bright on FLAIR
+    image[1][label[0] > 0] -= 1.0  # dark on T1
+    before = image.copy()
+    change = tr.RandLesionContrastd(prob=1.0, factors=(0.5, 0.5))
+    change.set_random_state(seed=1)
+    out = change({"image": image, "label": label})
+    after = np.asarray(out["image"])
+    lesion = label[0] > 0
+    assert after[0][lesion].mean() == pytest.approx(1.0, abs=0.15)  # half the contrast to the tissue around
+    assert after[1][lesion].mean() == pytest.approx(-0.5, abs=0.15)
+    far = ndi.distance_transform_edt(~lesion) > 3
+    np.testing.assert_array_equal(after[:, far], before[:, far])  # healthy tissue untouched
+    np.testing.assert_array_equal(image, before)  # the cached input volume is not modified
+    assert out["label"] is label
+    varied = tr.RandLesionContrastd(prob=1.0)
+    varied.set_random_state(seed=2)
+    means = [np.asarray(varied({"image": before, "label": label})["image"])[0][sl].mean()
+             for sl in [(slice(10, 16),) * 3, (slice(24, 30),) * 3]]
+    assert abs(means[0] - means[1]) > 0.05  # each lesion gets its own factor
+
+
+def test_brain_contrast_is_monotone_inside_the_brain_and_keeps_the_background():
+    rng = np.random.default_rng(0)
+    image = np.zeros((2, 30, 30, 30), np.float32)
+    image[:, 5:25, 5:25, 5:25] = rng.normal(0.0, 1.0, (2, 20, 20, 20))
+    brain = image[0] != 0
+    curve = tr.RandBrainContrastd(prob=1.0)
+    curve.set_random_state(seed=1)
+    after = np.asarray(curve({"image": image})["image"])
+    assert np.all(after[:, ~brain] == 0)  # background stays 0, as at inference
+    for c in range(2):
+        before, mapped = image[c][brain], after[c][brain]
+        assert not np.allclose(mapped, before)
+        order = np.argsort(before)
+        assert np.all(np.diff(mapped[order]) >= -1e-5)  # the order of intensities is kept
+        assert mapped.mean() == pytest.approx(before.mean(), abs=1e-4)  # still z-scored
+        assert mapped.std() == pytest.approx(before.std(), rel=1e-4)
+    curve.set_random_state(seed=1)
+    np.testing.assert_array_equal(np.asarray(curve({"image": image})["image"]), after)  # seeded
+
+
 def test_from_files_pipeline_orients_and_resamples(tmp_path, case):
     lps = np.diag([-1.0, -1.0, 1.2, 1.0])
     save_image(tmp_path / "f.nii.gz", case.images["FLAIR"][::-1, ::-1], lps)
@@ -137,6 +187,8 @@ def test_transform_errors(case):
         tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="heavy")
     with pytest.raises(MSToolkitInputError, match="'sequences' must be names from FLAIR, T1, T1CE, T2"):
         tr.train_transforms(["PD"], patch_size=(8, 8, 8))
+    with pytest.raises(MSToolkitInputError, match="'lesion_contrast' changes the lesions the label marks: pass label_key"):
+        tr.augmentation("lesion_contrast", ["FLAIR"], label_key=None)
     with pytest.raises(MSToolkitInputError, match="'patch_size' must be 3 positive integers"):
         tr.train_transforms(["FLAIR"], patch_size=(8, 8))
     with pytest.raises(MSToolkitInputError, match="'pos_neg' must be two non-negative numbers"):
