@@ -116,7 +116,7 @@ class RandLesionContrastd(Randomizable, MapTransform):
     a phantom's lesions all have about the same contrast. Per lesion (connected component
     of the label) and per channel, the difference to the surrounding tissue (median of a
     2-voxel shell around the lesions) is multiplied by a factor drawn from ``factors``,
-    blended at the border so no edge is drawn that the image did not have. The label is
+    fading out over a voxel beyond the lesion's edge so no new edge appears. The label is
     unchanged: a faint lesion is still a lesion. Label-aware, so training-only.
     """
 
@@ -147,7 +147,8 @@ class RandLesionContrastd(Randomizable, MapTransform):
                 if around.size == 0:
                     continue
                 factor = np.concatenate([[1.0], self.R.uniform(*self.factors, n)]).astype(np.float32)[owner]
-                image[c] += (factor - 1) * weight * (image[c] - np.median(around))
+                inside = image[c] != 0  # the background stays 0
+                image[c] += (factor - 1) * weight * inside * (image[c] - np.median(around))
             out[key] = torch.as_tensor(image)
         return out
 
