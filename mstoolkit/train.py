@@ -87,6 +87,7 @@ class TrainConfig:
     augment: str = "light"  # "none", "light" (flips) or "domain" (contrast, bias, noise, blur, resolution)
     validate_every: int = 1
     patience: int | None = None  # stop after this many validations without improvement
+    ema_decay: float | None = None  # validate and keep a moving average of the weights (e.g. 0.995), not the last ones
     sw_overlap: float = 0.25
     val_roi_size: tuple[int, int, int] = (96, 96, 96)  # the network is fully convolutional: bigger windows, fewer of them
     amp: bool = True
@@ -105,6 +106,8 @@ class TrainConfig:
             raise MSToolkitInputError(f"'patch_size' must be 3 integers >= 4, got {self.patch_size!r}.")
         if not 0.0 <= self.positive_fraction <= 1.0:
             raise MSToolkitInputError(f"'positive_fraction' must be in [0, 1], got {self.positive_fraction!r}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise MSToolkitInputError(f"'ema_decay' must be between 0 and 1 (e.g. 0.995) or None, got {self.ema_decay!r}.")
         self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]
         self.sequences = tuple(self.sequences)
         self.features = tuple(self.features) if self.features else None
@@ -289,6 +292,10 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1), eta_min=config.learning_rate * 0.02)
     scaler = torch.amp.GradScaler("cuda", enabled=amp[2])
+    # Weight averaging: single steps make the weights jitter; their moving average is steadier.
+    averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
+                if config.ema_decay else None)
+    evaluated = averaged.module if averaged is not None else model  # what validation scores and checkpoints keep
     history: dict[str, list] = {"epoch": [], "loss": [], "val_dice": [], "lr": [], "seconds": []}
     best_dice, bad_validations, start_epoch, elapsed_before = -1.0, 0, 0, 0.0
     best_state: dict[str, torch.Tensor] | None = None
@@ -299,6 +306,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if averaged is not None:
+            averaged.load_state_dict(state["averaged"])
         history, best_dice, bad_validations = state["history"], state["best_dice"], state["bad_validations"]
         start_epoch = state["epoch"] + 1
         elapsed_before = history["seconds"][-1] if history["seconds"] else 0.0
@@ -331,6 +340,8 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         mean_loss = float(np.mean(losses))
@@ -343,7 +354,7 @@ def train(
         stop = False
         if rank == 0:
             if cached_val and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
-                val_dice = _validate(model, cached_val, config, device, amp)
+                val_dice = _validate(evaluated, cached_val, config, device, amp)
             history["epoch"].append(epoch + 1)
             history["loss"].append(mean_loss)
             history["val_dice"].append(val_dice)
@@ -352,12 +363,12 @@ def train(
             improved = not np.isnan(val_dice) and val_dice > best_dice
             if improved:
                 best_dice, bad_validations = val_dice, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             elif not np.isnan(val_dice):
                 bad_validations += 1
             if out_dir is not None:
-                _save_checkpoints(out_dir, model, optimizer, scheduler, scaler, config, history, epoch, best_dice,
-                                  bad_validations, improved or not cached_val)
+                _save_checkpoints(out_dir, model, averaged, optimizer, scheduler, scaler, config, history, epoch,
+                                  best_dice, bad_validations, improved or not cached_val)
             if config.progress:
                 shown = "" if np.isnan(val_dice) else f", val Dice {val_dice:.3f} (best {best_dice:.3f})"
                 tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {mean_loss:.4f}{shown}, {history['seconds'][-1]:.0f} s")
@@ -373,6 +384,8 @@ def train(
 
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif averaged is not None and not cached_val:  # no validation: the averaged weights are the result
+        model.load_state_dict(evaluated.state_dict())
     elif out_dir is not None and rank == 0 and (out_dir / "best.pt").exists():  # resumed run: best may predate it
         model.load_state_dict(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True)["model"])
     if rank == 0 and cached_val:
@@ -401,9 +414,10 @@ def _all_reduce_mean(value: float, device: torch.device) -> float:
     return float(tensor.item()) / dist.get_world_size()
 
 
-def _save_checkpoints(out_dir: Path, model, optimizer, scheduler, scaler, config: TrainConfig, history: dict,
+def _save_checkpoints(out_dir: Path, model, averaged, optimizer, scheduler, scaler, config: TrainConfig, history: dict,
                       epoch: int, best_dice: float, bad_validations: int, is_best: bool) -> None:
-    """``last.pt`` (resumable state) every epoch; ``best.pt`` when validation improved."""
+    """``last.pt`` (resumable state) every epoch; ``best.pt`` when validation improved
+    (the averaged weights when ``config.ema_decay`` is set)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model_config = {**config.model_config(), "trained": {"epoch": epoch + 1, "val_dice": best_dice,
                                                          "train_config": json.loads(json.dumps(asdict(config), default=str))}}
@@ -418,11 +432,13 @@ def _save_checkpoints(out_dir: Path, model, optimizer, scheduler, scaler, config
         "best_dice": best_dice,
         "bad_validations": bad_validations,
     }
+    if averaged is not None:
+        state["averaged"] = averaged.state_dict()
     tmp = out_dir / ".tmp-last.pt"
     torch.save(state, tmp)
     os.replace(tmp, out_dir / "last.pt")
     if is_best:
-        save_model(out_dir / "best.pt", model, model_config)
+        save_model(out_dir / "best.pt", averaged.module if averaged is not None else model, model_config)
     (out_dir / ".tmp-history.json").write_text(json.dumps(history, indent=1))
     os.replace(out_dir / ".tmp-history.json", out_dir / "history.json")
 

@@ -169,6 +169,33 @@ def test_checkpoints_and_resume_equal_unbroken_run(cases, tmp_path):
     assert fig.axes[1].get_ylabel() == "validation Dice"
 
 
+def test_weight_averaging_keeps_and_resumes_the_average(cases, tmp_path):
+    config = tiny_config(epochs=3, augment="light", ema_decay=0.9)
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    returned, _ = train(replace(config, out_dir=str(full_dir)), cases[:2], cases[2:])
+    last = torch.load(full_dir / "last.pt", weights_only=True)
+    average = {k.removeprefix("module."): v for k, v in last["averaged"].items() if k.startswith("module.")}
+    assert average.keys() == last["model"].keys()
+    assert any(not torch.equal(average[k], last["model"][k]) for k in average)  # not the last step's weights
+    best, _ = load_model(full_dir / "best.pt")
+    x = torch.randn(1, 2, 9, 10, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(best(x), returned(x))
+
+    def interrupt_after_one_epoch(history):
+        if len(history["epoch"]) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(replace(config, out_dir=str(split_dir)), cases[:2], cases[2:], callback=interrupt_after_one_epoch)
+    train(replace(config, out_dir=str(split_dir), resume=True), cases[:2], cases[2:])
+    resumed = torch.load(split_dir / "last.pt", weights_only=True)["averaged"]
+    for key, value in last["averaged"].items():
+        torch.testing.assert_close(value, resumed[key], msg=key)  # the average carries over a restart
+    with pytest.raises(MSToolkitInputError, match="'ema_decay' must be between 0 and 1"):
+        TrainConfig(ema_decay=1.5)
+
+
 def test_early_stopping(cases, tmp_path):
     config = tiny_config(epochs=20, iterations_per_epoch=1, learning_rate=1e-9, patience=2)
     _, history = train(config, cases[:1], cases[2:])
