@@ -109,6 +109,11 @@ class RandElasticd(Randomizable, MapTransform):
         return out
 
 
+def _float_copy(volume) -> np.ndarray:
+    """A float32 NumPy copy of an array or (Meta)Tensor."""
+    return torch.as_tensor(volume).detach().cpu().numpy().astype(np.float32, copy=True)
+
+
 class RandLesionContrastd(Randomizable, MapTransform):
     """Make each lesion fainter or brighter against its surroundings, by a random factor per sequence.
 
@@ -141,7 +146,7 @@ class RandLesionContrastd(Randomizable, MapTransform):
         shell = ndi.binary_dilation(lesion, iterations=2) & ~lesion
         out = dict(data)
         for key in self.keys:
-            image = np.array(data[key], dtype=np.float32)  # a copy: the cached volume stays untouched
+            image = _float_copy(data[key])  # the cached volume stays untouched
             for c in range(image.shape[0]):
                 around = image[c][shell & (image[c] != 0)]  # outside the brain is 0: not tissue
                 if around.size == 0:
@@ -181,7 +186,7 @@ class RandBrainContrastd(Randomizable, MapTransform):
         self.curve.R = self.R  # one random stream: Compose's seed fixes the curves too
         out = dict(data)
         for key in self.keys:
-            image = np.array(data[key], dtype=np.float32)
+            image = _float_copy(data[key])
             for c in range(image.shape[0]):
                 brain = image[c] != 0
                 values = image[c][brain]
