@@ -148,11 +148,11 @@ class RandLesionContrastd(Randomizable, MapTransform):
         for key in self.keys:
             image = _float_copy(data[key])  # the cached volume stays untouched
             for c in range(image.shape[0]):
-                around = image[c][shell & (image[c] != 0)]  # outside the brain is 0: not tissue
+                inside = image[c] != 0  # outside the brain is 0: not tissue, and it stays 0
+                around = image[c][shell & inside]
                 if around.size == 0:
                     continue
                 factor = np.concatenate([[1.0], self.R.uniform(*self.factors, n)]).astype(np.float32)[owner]
-                inside = image[c] != 0  # the background stays 0
                 image[c] += (factor - 1) * weight * inside * (image[c] - np.median(around))
             out[key] = torch.as_tensor(image)
         return out
