@@ -321,12 +321,13 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
     from .train import pick_device
 
     device = pick_device(device, verbose=False)
-    exported = REFERENCE_DIR if str(source) == "reference" else Path(source)
+    shipped = str(source) == "reference"
+    exported = REFERENCE_DIR if shipped else Path(source)
     if (exported / "config.json").is_file():  # the shipped model, or a folder written by export_reference
         config = json.loads((exported / "config.json").read_text())
         weights = exported / config.get("weights", "model.pt")
         if not weights.exists():
-            hint = "reinstall mstoolkit" if str(source) == "reference" else "export the model again"
+            hint = "reinstall mstoolkit" if shipped else "export the model again"
             raise FileNotFoundError(f"The model weights '{weights}' are missing; {hint}.")
         state = torch.load(weights, map_location="cpu", weights_only=True)
     else:
