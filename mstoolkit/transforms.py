@@ -417,7 +417,9 @@ def augmentation_grid(
     scaled = normalize_percentile(image, lower=0.5, upper=99.5) if (image != 0).any() else image
     base = {sequence: torch.as_tensor(scaled[None]), _LABEL: torch.as_tensor(label[None].astype(np.float32))}
 
-    fig, axes = plt.subplots(len(names), n_samples + 1, figsize=(1.9 * (n_samples + 1), 1.9 * len(names)), squeeze=False)
+    # constrained layout keeps the title clear of the column titles at any number of rows
+    fig, axes = plt.subplots(len(names), n_samples + 1, figsize=(1.9 * (n_samples + 1), 1.9 * len(names)), squeeze=False,
+                             layout="constrained")
     for row, name in enumerate(names):
         transform = mt.Compose([augmentation(name, [sequence], prob=1.0)])
         transform.set_random_state(seed=seed + row)
@@ -436,5 +438,4 @@ def augmentation_grid(
                 ax.set_title("original" if col == 0 else f"sample {col}", fontsize=9)
     fig.suptitle(f"{case.case_id}: {sequence} under each augmentation (axial slice {z}, lesions in orange)", fontsize=10)
     fig.supxlabel("radiological view: subject's right on the left, anterior at the top", fontsize=8)
-    fig.tight_layout()
     return fig
