@@ -323,7 +323,7 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
     device = pick_device(device, verbose=False)
     shipped = str(source) == "reference"
     exported = REFERENCE_DIR if shipped else Path(source)
-    if (exported / "config.json").is_file():  # the shipped model, or a folder written by export_reference
+    if shipped or (exported / "config.json").is_file():  # the shipped model, or a folder written by export_reference
         config = json.loads((exported / "config.json").read_text())
         weights = exported / config.get("weights", "model.pt")
         if not weights.exists():
