@@ -87,6 +87,7 @@ class TrainConfig:
     augment: str = "light"  # "none", "light" (flips) or "domain" (contrast, bias, noise, blur, resolution)
     validate_every: int = 1
     patience: int | None = None  # stop after this many validations without improvement
+    lesion_contrast: float = 0.0  # probability of scaling each lesion's contrast in a patch (phantom lesions are too alike)
     ema_decay: float | None = None  # validate and keep a moving average of the weights (e.g. 0.995), not the last ones
     sw_overlap: float = 0.25
     val_roi_size: tuple[int, int, int] = (96, 96, 96)  # the network is fully convolutional: bigger windows, fewer of them
@@ -106,6 +107,9 @@ class TrainConfig:
             raise MSToolkitInputError(f"'patch_size' must be 3 integers >= 4, got {self.patch_size!r}.")
         if not 0.0 <= self.positive_fraction <= 1.0:
             raise MSToolkitInputError(f"'positive_fraction' must be in [0, 1], got {self.positive_fraction!r}.")
+        if not 0.0 <= self.lesion_contrast <= 1.0 or (self.lesion_contrast and self.augment == "none"):
+            raise MSToolkitInputError(f"'lesion_contrast' must be a probability in [0, 1] (with augment other than 'none'), "
+                                      f"got {self.lesion_contrast!r} with augment={self.augment!r}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise MSToolkitInputError(f"'ema_decay' must be between 0 and 1 (e.g. 0.995) or None, got {self.ema_decay!r}.")
         self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]
@@ -321,7 +325,7 @@ def train(
     crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=config.patch_size,
                                   pos=positive, neg=1.0 - positive, num_samples=1, fg_indices_key="fg", bg_indices_key="bg",
                                   allow_smaller=True)
-    augment = _augmenter(config.augment, config.patch_size)
+    augment = _augmenter(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
     steps = max(1, -(-config.iterations_per_epoch // world))  # each process does its share
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):

@@ -58,13 +58,21 @@ def cache_cases(cases: Sequence[Case], sequences: Sequence[str], *, min_size: Se
     return cached
 
 
-def _augmenter(kind: str, patch_size: Sequence[int]) -> Callable | None:
-    """MONAI transforms applied to each patch; ``"domain"`` randomises what scanners change."""
+def _augmenter(kind: str, patch_size: Sequence[int], *, lesion_contrast: float = 0.0) -> Callable | None:
+    """MONAI transforms applied to each patch; ``"domain"`` randomises what scanners change.
+
+    ``lesion_contrast`` > 0: with that probability each lesion's contrast to its surroundings
+    is scaled (:class:`mstoolkit.transforms.RandLesionContrastd`), before any scanner effect.
+    """
     from monai import transforms as T
+
+    from .transforms import RandLesionContrastd
 
     if kind == "none":
         return None
     steps: list = [T.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0)]  # left-right symmetry
+    if lesion_contrast > 0:
+        steps.append(RandLesionContrastd(keys=["image"], label_key="label", prob=lesion_contrast))
     if kind == "domain":
         steps += [
             T.RandAffined(keys=["image", "label"], prob=0.3, rotate_range=(0.2, 0.2, 0.2), scale_range=(0.15, 0.15, 0.15),
