@@ -143,10 +143,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(epochs=200, iterations_per_epoch=250, patch_size=(96, 96, 96), batch_size=4, features=(16, 32, 64, 128, 256),
                  augment="domain", patience=20, n_subjects=40),
     # dropout 0.1 so that notebook 06 can use MC dropout with the shipped model; one positive patch in three
-    # (as nnU-Net) so that the model sees enough healthy tissue not to over-segment; two validation subjects.
+    # (as nnU-Net) so that the model sees enough healthy tissue not to over-segment; two validation subjects;
+    # a moving average of the weights, steadier than the last step's (chosen on phantom data: MODEL_CARD.md).
     "reference": dict(epochs=120, iterations_per_epoch=50, patch_size=(48, 48, 48), batch_size=2, features=(8, 16, 32, 64),
                       augment="domain", learning_rate=5e-3, validate_every=6, dropout=0.1, positive_fraction=0.33,
-                      n_subjects=18, n_val=2),
+                      ema_decay=0.995, n_subjects=18, n_val=2),
 }
 
 
