@@ -53,7 +53,7 @@ def _scores(pred_path: Path, truth, spacing) -> dict:
                                                       "volume_truth_ml", "volume_pred_ml")}
 
 
-def _phantom_test_set(n: int, model_name: str, first_seed: int) -> list[dict]:
+def _phantom_scores(n: int, model_name: str, first_seed: int) -> list[dict]:
     """Dice and lesion F1 of the model on phantom subjects it never saw (profiles in turn)."""
     import numpy as np
 
@@ -121,8 +121,9 @@ def main() -> None:
 def _finish(args, results: dict) -> None:
     if args.phantom_cases:
         print(f"phantom subjects {args.phantom_seed}-{args.phantom_seed + args.phantom_cases - 1}:")
-        results["phantom_test"] = _phantom_test_set(args.phantom_cases, args.model, args.phantom_seed)
-        print(f"phantom test mean: {results['phantom_test'][0]['mean']}")
+        which = {5000: "phantom_test", 6000: "phantom_selection"}.get(args.phantom_seed, "phantom")
+        results[which] = _phantom_scores(args.phantom_cases, args.model, args.phantom_seed)
+        print(f"{which.replace('_', ' ')} mean: {results[which][0]['mean']}")
     write_json("segment", results)
 
 
