@@ -38,6 +38,7 @@ from .models import build_model, export_reference, save_model
 from .plots import plot_history
 from .training_data import (
     _augmenter,
+    _patch_sampler,
     _sample_batch,
     cache_cases,
     load_training_cases,
@@ -272,7 +273,6 @@ def train(
 
     Introduced in notebook 03.
     """
-    from monai.transforms import RandCropByPosNegLabeld
     from tqdm.auto import tqdm
 
     if not train_cases:
@@ -322,10 +322,7 @@ def train(
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    positive = config.positive_fraction
-    crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=config.patch_size,
-                                  pos=positive, neg=1.0 - positive, num_samples=1, fg_indices_key="fg", bg_indices_key="bg",
-                                  allow_smaller=True)
+    crop = _patch_sampler(config)
     augment = _augmenter(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
     steps = max(1, -(-config.iterations_per_epoch // world))  # each process does its share
     started = time.perf_counter()

@@ -88,6 +88,15 @@ def _augmenter(kind: str, patch_size: Sequence[int], *, lesion_contrast: float =
     return T.Compose(steps)
 
 
+def _patch_sampler(config: TrainConfig) -> Callable:
+    """MONAI's sampler of one patch, lesion-centred with probability ``positive_fraction``."""
+    from monai.transforms import RandCropByPosNegLabeld
+
+    positive = config.positive_fraction
+    return RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=config.patch_size, pos=positive,
+                                  neg=1.0 - positive, num_samples=1, fg_indices_key="fg", bg_indices_key="bg", allow_smaller=True)
+
+
 def _sample_batch(cached: list[dict], config: TrainConfig, rng: np.random.Generator, crop, augment) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` patches: each from a random case, lesion-centred with probability ``positive_fraction``."""
     images, labels = [], []

@@ -199,17 +199,14 @@ def test_weight_averaging_keeps_and_resumes_the_average(cases, tmp_path):
 def test_lesion_contrast_changes_only_the_lesions_of_training_patches(cases):
     from scipy import ndimage as ndi
 
-    from mstoolkit.training_data import _augmenter, _sample_batch
-    from monai.transforms import RandCropByPosNegLabeld
+    from mstoolkit.training_data import _augmenter, _patch_sampler, _sample_batch
 
     cached = cache_cases(cases[:1], ("FLAIR", "T1"))
     batches = []
     for probability in (0.0, 1.0):
         config = tiny_config(augment="light", lesion_contrast=probability, positive_fraction=1.0)
-        crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=config.patch_size, pos=1, neg=0,
-                                      num_samples=1, fg_indices_key="fg", bg_indices_key="bg", allow_smaller=True)
         augment = _augmenter(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
-        batches.append(_sample_batch(cached, config, np.random.default_rng(7), crop, augment))
+        batches.append(_sample_batch(cached, config, np.random.default_rng(7), _patch_sampler(config), augment))
     (plain, labels), (changed, same_labels) = batches
     assert torch.equal(labels, same_labels)  # a fainter lesion is still a lesion
     lesion = labels.bool().expand_as(plain)
