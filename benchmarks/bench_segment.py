@@ -6,12 +6,16 @@ Lesjak et al. 2018, CC-BY), else a phantom subject. With ground truth at hand it
 also reports Dice and lesion F1 (any-overlap, 26-connectivity), and the same on
 a small phantom test set (seeds never used in training, every scanner profile).
 
-Run: python benchmarks/bench_segment.py [--threads 2] [--phantom-cases 4] [--phantom-seed 5000] [--model PATH] [--phantom-only]
+Run: python benchmarks/bench_segment.py [--threads 2] [--phantom-cases 4] [--phantom-seed 5000] [--model PATH]
+     [--phantom-only] [--real-lesions]
 ``--model`` scores a model folder other than the shipped one (a candidate from
 ``mstoolkit train --preset reference``); ``--phantom-only`` skips the real case, so a
-candidate can be chosen on phantom data before anyone looks at patient26. The reference
-model is chosen on the selection set ``--phantom-seed 6000 --phantom-cases 16`` (MODEL_CARD.md);
-seeds 5000-5003 are the phantom test set reported beside it.
+candidate can be chosen on phantom data before anyone looks at patient26. ``--real-lesions``
+gives the phantom subjects the lesions of the held-out real masks (``REAL_LESION_MASKS["heldout"]``,
+in turn), never used in training. The reference model is chosen on two selection sets
+(MODEL_CARD.md): ``--phantom-seed 6000 --phantom-cases 16`` and
+``--phantom-seed 7000 --phantom-cases 14 --real-lesions``; seeds 5000-5003 are the phantom
+test set reported beside them.
 Writes build/benchmarks/segment.json.
 """
 
@@ -53,7 +57,7 @@ def _scores(pred_path: Path, truth, spacing) -> dict:
                                                       "volume_truth_ml", "volume_pred_ml")}
 
 
-def _phantom_scores(n: int, model_name: str, first_seed: int) -> list[dict]:
+def _phantom_scores(n: int, model_name: str, first_seed: int, real_lesions: bool) -> list[dict]:
     """Dice and lesion F1 of the model on phantom subjects it never saw (profiles in turn)."""
     import numpy as np
 
@@ -61,18 +65,22 @@ def _phantom_scores(n: int, model_name: str, first_seed: int) -> list[dict]:
     from mstoolkit.metrics import evaluate
     from mstoolkit.models import load_model
     from mstoolkit.phantom import PROFILES, generate_subject
+    from mstoolkit.phantom_lesions import REAL_LESION_MASKS
 
+    masks = REAL_LESION_MASKS["heldout"]
     model, config = load_model(model_name)
     rows = []
     for k in range(n):
         profile = list(PROFILES)[k % len(PROFILES)]
         seed = first_seed + k  # the reference model trained on seeds 1000-1017
-        case = generate_subject(seed=seed, profile=profile)
+        real = masks[k % len(masks)] if real_lesions else None
+        case = generate_subject(seed=seed, profile=profile, real_lesions=real)
         _, mask = predict(model, case, sequences=config["sequences"])
         result = evaluate(mask, case.mask, spacing=case.spacing)
-        rows.append({"seed": seed, "profile": profile, "dice": round(float(result["dice"]), 4),
+        rows.append({"seed": seed, "profile": profile, "real_lesions": real, "dice": round(float(result["dice"]), 4),
                      "lesion_f1": round(float(result["lesion_f1"]), 4)})
-        print(f"  phantom seed {seed} ({profile}): Dice {rows[-1]['dice']:.3f}, lesion F1 {rows[-1]['lesion_f1']:.3f}")
+        print(f"  phantom seed {seed} ({profile}{', lesions of ' + real if real else ''}): "
+              f"Dice {rows[-1]['dice']:.3f}, lesion F1 {rows[-1]['lesion_f1']:.3f}")
     means = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in ("dice", "lesion_f1")}
     means["score"] = round((means["dice"] + means["lesion_f1"]) / 2, 4)  # what the reference model is chosen on
     return [{"mean": means}] + rows
@@ -85,6 +93,7 @@ def main() -> None:
     parser.add_argument("--phantom-seed", type=int, default=5000, help="first phantom seed (6000: the selection set)")
     parser.add_argument("--model", default="reference", help="'reference' or a model folder")
     parser.add_argument("--phantom-only", action="store_true", help="skip the real case and the timing")
+    parser.add_argument("--real-lesions", action="store_true", help="phantom subjects with the held-out real lesion masks")
     args = parser.parse_args()
     from mstoolkit.datasets import real_sample_dir
     from mstoolkit.io import load_mask, save_image
@@ -121,8 +130,9 @@ def main() -> None:
 def _finish(args, results: dict) -> None:
     if args.phantom_cases:
         print(f"phantom subjects {args.phantom_seed}-{args.phantom_seed + args.phantom_cases - 1}:")
-        which = {5000: "phantom_test", 6000: "phantom_selection"}.get(args.phantom_seed, "phantom")
-        results[which] = _phantom_scores(args.phantom_cases, args.model, args.phantom_seed)
+        which = {5000: "phantom_test", 6000: "phantom_selection", 7000: "phantom_selection"}.get(args.phantom_seed, "phantom")
+        which += "_real_lesions" if args.real_lesions else ""
+        results[which] = _phantom_scores(args.phantom_cases, args.model, args.phantom_seed, args.real_lesions)
         print(f"{which.replace('_', ' ')} mean: {results[which][0]['mean']}")
     write_json("segment", results)
 

@@ -35,7 +35,14 @@ from .phantom_anatomy import (
     _smooth_field,
     _template,
 )
-from .phantom_lesions import _MAX_COUNT, _Lesion, _rasterise, _sample_lesions
+from .phantom_lesions import (
+    _MAX_COUNT,
+    _check_real_mask_name,
+    _Lesion,
+    _rasterise,
+    _real_lesions,
+    _sample_lesions,
+)
 
 __all__ = [
     "PROFILES",
@@ -191,12 +198,17 @@ def _make_case(case_id: str, images: dict, mask: np.ndarray, brain: np.ndarray, 
 # --------------------------------------------------------------------------- public API
 
 
-def _scene(seed: int, *, n_lesions: int | None = None) -> tuple[dict, list[_Lesion], np.random.Generator]:
+def _scene(seed: int, *, n_lesions: int | None = None, real_lesions: str | None = None
+           ) -> tuple[dict, list[_Lesion], tuple[np.ndarray, np.ndarray] | None, np.random.Generator]:
     """Anatomy and lesions of subject ``seed``; rendering gets its own stream, so a profile
-    changes how the subject looks, never the subject itself."""
+    changes how the subject looks, never the subject itself. Real lesions come already
+    placed (fraction, owner); drawn ones are rasterised by the caller (maybe moved)."""
     anatomy_rng, lesion_rng, render_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     anatomy = _anatomy(anatomy_rng)
-    return anatomy, _sample_lesions(lesion_rng, anatomy, n_lesions=n_lesions), render_rng
+    if real_lesions is not None:
+        lesions, fraction, owner = _real_lesions(real_lesions, anatomy, lesion_rng)
+        return anatomy, lesions, (fraction, owner), render_rng
+    return anatomy, _sample_lesions(lesion_rng, anatomy, n_lesions=n_lesions), None, render_rng
 
 
 def _check_seed(seed: int) -> int:
@@ -206,7 +218,8 @@ def _check_seed(seed: int) -> int:
 
 
 def generate_subject(*, seed: int, profile: str = "standard", spacing: Sequence[float] | None = None,
-                     t1ce: bool = False, n_lesions: int | None = None, case_id: str | None = None) -> Case:
+                     t1ce: bool = False, n_lesions: int | None = None, real_lesions: str | None = None,
+                     case_id: str | None = None) -> Case:
     """Generate one synthetic MS subject on the FSL MNI152 1 mm grid (RAS+).
 
     Introduced in notebook 01 (data loading).
@@ -226,6 +239,12 @@ def generate_subject(*, seed: int, profile: str = "standard", spacing: Sequence[
     n_lesions : int, optional
         Override the number of lesions drawn (default: drawn from the fitted distribution);
         0 gives a healthy control.
+    real_lesions : str, optional
+        Instead of drawing ovoid lesions, carry the lesions of a real patient's consensus mask
+        into this subject's anatomy, e.g. ``"patient01"`` (one of
+        :data:`mstoolkit.phantom_lesions.REAL_LESION_MASKS`,
+        shipped with the package: open_ms_data, Lesjak et al. 2018, CC-BY; cite it). The seed
+        still decides the anatomy, a left-right mirror and each lesion's kind and brightness.
 
     Returns
     -------
@@ -243,12 +262,17 @@ def generate_subject(*, seed: int, profile: str = "standard", spacing: Sequence[
     if n_lesions is not None and (isinstance(n_lesions, bool) or not isinstance(n_lesions, (int, np.integer))
                                   or not 0 <= n_lesions <= _MAX_COUNT):
         raise MSToolkitInputError(f"'n_lesions' must be an integer from 0 to {_MAX_COUNT} (or None), got {n_lesions!r}.")
-    anatomy, lesions, rng = _scene(seed, n_lesions=n_lesions)
-    fraction, owner = _rasterise(lesions)
+    if real_lesions is not None:
+        _check_real_mask_name(real_lesions)
+        if n_lesions is not None:
+            raise MSToolkitInputError("Give 'n_lesions' or 'real_lesions', not both: a real mask brings its own lesions.")
+    anatomy, lesions, placed, rng = _scene(seed, n_lesions=n_lesions, real_lesions=real_lesions)
+    fraction, owner = placed or _rasterise(lesions)
     tissue = _tissue_with_lesions(anatomy, fraction)
     sequences = ("FLAIR", "T1", "T2") + (("T1CE",) if t1ce else ())
     images = _render(rng, anatomy, tissue, owner, lesions, sequences, profile)
-    return _make_case(case_id or f"phantom-{seed}", images, *_masks(tissue), spacing, _meta(seed, profile, lesions, anatomy))
+    meta = _meta(seed, profile, lesions, anatomy) | ({"real_lesions": real_lesions} if real_lesions else {})
+    return _make_case(case_id or f"phantom-{seed}", images, *_masks(tissue), spacing, meta)
 
 
 def _masks(tissue: dict, *, stripped: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -300,7 +324,7 @@ def generate_longitudinal_pair(*, seed: int, profile: str = "standard", spacing:
     seed, spacing = _check_seed(seed), _check_options(profile, spacing)
     if not np.isfinite(misregistration_mm) or misregistration_mm < 0:
         raise MSToolkitInputError(f"'misregistration_mm' must be a non-negative number, got {misregistration_mm!r}.")
-    anatomy, lesions, rng = _scene(seed)
+    anatomy, lesions, _, rng = _scene(seed)
     change_rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
     # About 12 % of lesion parts grow, 12 % shrink, the rest stay; 1 + Poisson(1.5) new lesions.
     factors = np.ones(len(lesions))
@@ -368,7 +392,7 @@ def generate_raw_scan(*, seed: int, profile: str = "standard", spacing: Sequence
         ``spacing``, ``orientation`` ("LPS"), ``seed``, ``profile``.
     """
     seed, spacing = _check_seed(seed), _check_options(profile, spacing)
-    anatomy, lesions, rng = _scene(seed)
+    anatomy, lesions, _, rng = _scene(seed)
     fraction, owner = _rasterise(lesions)
     tissue = _tissue_with_lesions(anatomy, fraction)
     images = _render(rng, anatomy, tissue, owner, lesions, ("FLAIR", "T1"), profile, clean=True)

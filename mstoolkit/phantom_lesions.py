@@ -9,6 +9,10 @@ are several overlapping ovoids along the ventricle wall, and some lesions are T1
 holes or enhance with gadolinium. :func:`_rasterise` turns the drawn lesions into
 partial-volume fractions on the MNI grid.
 
+Ovoids are still ovoids: real lesions are more varied, and many are tiny. So a subject can
+instead carry the lesions of one real consensus mask shipped in ``real_lesions/``
+(:data:`REAL_LESION_MASKS`), carried into its own anatomy by :func:`_real_lesions`.
+
 Part of the phantom of notebook 01 (data loading): :mod:`mstoolkit.phantom` draws and
 renders these lesions for every subject; nothing here is called from the notebooks.
 """
@@ -17,12 +21,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .phantom_anatomy import _ZONES, MNI_SHAPE, _template
+from .phantom_anatomy import _ZONES, MNI_AFFINE, MNI_SHAPE, _template
 
-__all__: list[str] = []
+__all__ = ["REAL_LESION_DIR", "REAL_LESION_MASKS"]
+
+#: Where the real masks are (``patientNN.nii.gz``, with a README that cites them).
+REAL_LESION_DIR = Path(__file__).parent / "real_lesions"
+
+#: The real consensus masks shipped in ``mstoolkit/real_lesions/`` (open_ms_data, Lesjak et al.
+#: 2018, CC-BY), split once by patient number: ``heldout`` (multiples of 4) only for choosing
+#: models, ``train`` for training. patient26, the real evaluation case, is not shipped.
+REAL_LESION_MASKS: dict[str, tuple[str, ...]] = {
+    "train": tuple(f"patient{n:02d}" for n in (1, 2, 3, 5, 6, 9, 10, 11, 13, 14, 15, 17, 18, 21, 22, 23, 25, 27, 29, 30)),
+    "heldout": tuple(f"patient{n:02d}" for n in (4, 8, 12, 16, 20, 24, 28)),
+}
 
 # Lesion statistics fitted to the 28 consensus masks in open_ms_data/cross_sectional/MNI/*/
 # GOLD_STANDARD_*.nii.gz (Lesjak et al. 2018; connected components, 26-connectivity, 1 mm):
@@ -133,6 +149,62 @@ def _one_lesion(rng: np.random.Generator, anatomy: dict, candidates: dict, weigh
         offset = rotation @ (rng.normal(0, 1, 3) * np.array([0.3, 1.0, 1.0]) * spread)
         parts.append(_Lesion(centre + offset, axes, rotation, waves, zone, kind, brightness))
     return parts
+
+
+def _check_real_mask_name(name: object) -> None:
+    from .io import MSToolkitInputError
+
+    names = REAL_LESION_MASKS["train"] + REAL_LESION_MASKS["heldout"]
+    if name not in names:
+        raise MSToolkitInputError(f"Unknown real lesion mask {name!r}; allowed: {', '.join(names)} "
+                                  "(patient26 is kept out: it is the reference model's real test case).")
+
+
+def _real_mask(name: str) -> np.ndarray:
+    """A shipped real consensus mask as a boolean array on the phantom's RAS grid."""
+    import nibabel as nib
+
+    from .io import MSToolkitInputError
+
+    image = nib.as_closest_canonical(nib.load(REAL_LESION_DIR / f"{name}.nii.gz"))
+    if image.shape != MNI_SHAPE or not np.allclose(image.affine, MNI_AFFINE):  # a damaged installation
+        raise MSToolkitInputError(f"The shipped mask {name} is not on the MNI grid; reinstall mstoolkit.")
+    return np.asarray(image.dataobj) > 0
+
+
+def _real_lesions(name: str, anatomy: dict, rng: np.random.Generator) -> tuple[list[_Lesion], np.ndarray, np.ndarray]:
+    """The lesions of real mask ``name`` carried into this subject's anatomy (randomly mirrored).
+
+    Returns the lesions (one per connected component, with a kind and brightness drawn as for
+    ovoids), the lesion fraction and the index+1 of each voxel's lesion, like :func:`_rasterise`.
+    """
+    import cc3d
+    from scipy import ndimage as ndi
+
+    mask = _real_mask(name)
+    if rng.random() < 0.5:  # left-right mirror: the MNI template is symmetric, so this is another plausible patient
+        mask = mask[::-1]
+    components = cc3d.connected_components(mask, connectivity=26)
+    # The subject's anatomy maps each of its voxels to template coordinates; real MNI-registered
+    # brains are ~9 % smaller than the template (see _anatomy), so shrink back by that much.
+    # Lesions then follow this subject's warp and stay where they were relative to its ventricles.
+    centre = np.array([91.0, 108.0, 90.0], np.float32)[:, None]
+    points = centre + 0.91 * (anatomy["coords"] - centre)
+    idx = _template()["domain"]
+    fraction, owner = np.zeros(MNI_SHAPE, np.float32), np.zeros(MNI_SHAPE, np.int16)
+    fraction.flat[idx] = ndi.map_coordinates(mask.astype(np.float32), points, order=1, prefilter=False)
+    owner.flat[idx] = ndi.map_coordinates(components, points, order=0, prefilter=False)
+    lesions = []
+    centroids = ndi.center_of_mass(mask, components, range(1, int(components.max()) + 1))
+    volumes = np.bincount(components.ravel())[1:]
+    for centroid, volume in zip(centroids, volumes):
+        kind = "black_hole" if rng.random() < (0.35 if volume > 100 else 0.05) else "lesion"
+        kind = "enhancing" if kind == "lesion" and volume > 20 and rng.random() < 0.1 else kind
+        radius = (3 * volume / (4 * np.pi)) ** (1 / 3)  # the ovoid of the same volume (used for enhancing rings)
+        centroid = np.array(centroid)
+        lesions.append(_Lesion(centroid, np.full(3, radius), np.eye(3), np.zeros((0, 5)), _zone_of(centroid[None])[0],
+                               kind, float(rng.normal(1.0, 0.07))))
+    return lesions, fraction, owner
 
 
 def _rasterise(lesions: Sequence[_Lesion], *, rigid: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -135,7 +135,8 @@ class TrainConfig:
 #: Name of the shipped reference model (reports and ``mstoolkit segment`` print it).
 REFERENCE_TITLE = "mstoolkit reference tiny U-Net (phantom-trained, FLAIR+T1)"
 
-#: Named settings for ``mstoolkit train --preset``; ``n_subjects`` is the phantom size used when no data is given.
+#: Named settings for ``mstoolkit train --preset``; ``n_subjects``, ``n_val`` and ``real_lesion_share`` describe
+#: the phantom used when no data is given (see :func:`mstoolkit.training_data.reference_phantom_cases`).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(epochs=2, iterations_per_epoch=4, patch_size=(32, 32, 32), batch_size=2, n_subjects=2),
     # = notebook 03's `workshop` profile: about 5 minutes on 2 CPU cores, under 2 GB
@@ -468,6 +469,7 @@ def cli_train(args) -> int:
     settings = dict(PRESETS[args.preset])
     n_subjects = settings.pop("n_subjects")
     n_val = settings.pop("n_val", None)
+    real_lesion_share = settings.pop("real_lesion_share", 0.0)
     if args.epochs is not None:
         settings["epochs"] = args.epochs
     config = TrainConfig(**settings, device=args.device, seed=args.seed, out_dir=args.out, resume=args.resume)
@@ -476,7 +478,7 @@ def cli_train(args) -> int:
         train_cases, val_cases = load_training_cases(data_dir, n_val=max(1, len(list(data_dir.glob("sub-*"))) // 5), sequences=config.sequences)
     elif args.preset == "reference":
         print(f"Generating the reference training data: {n_subjects} phantom subjects over all scanner profiles.")
-        train_cases, val_cases = reference_phantom_cases(n_subjects, n_val=n_val or 1)
+        train_cases, val_cases = reference_phantom_cases(n_subjects, n_val=n_val or 1, real_lesion_share=real_lesion_share)
     else:
         print(f"No --data given: using the phantom ({n_subjects} subjects, seed 0), generated once in the cache folder.")
         data_dir = ensure_phantom(n_subjects=n_subjects, seed=0)
@@ -497,8 +499,8 @@ def cli_train(args) -> int:
         print(f"{folder}: best validation Dice {max(dice) if dice else float('nan'):.3f} after {history['seconds'][-1]:.0f} s")
     if args.preset == "reference":
         extra = {"title": REFERENCE_TITLE, "training_data": "mstoolkit.training_data.reference_phantom_cases"
-                 f"({n_subjects}, n_val={n_val or 1}): phantom seeds 1000-{1000 + n_subjects - 1}, all scanner profiles; "
-                 "the last ones validation",
+                 f"({n_subjects}, n_val={n_val or 1}, real_lesion_share={real_lesion_share}): phantom seeds "
+                 f"1000-{1000 + n_subjects - 1}, all scanner profiles; the last ones validation",
                  "training_seconds": results[0][1]["seconds"][-1]}
         exported = export_reference(folders[0] / "best.pt", Path(args.out) / "reference", extra=extra)
         print(f"Reference model written to {exported} (copy it to mstoolkit/reference/ to ship it).")

@@ -161,21 +161,31 @@ def load_training_cases(data_dir: str | Path, *, n_val: int, sequences: Sequence
     return split_train_val(cases, profiles=profiles, n_val=n_val)
 
 
-def reference_phantom_cases(n_subjects: int, *, seed: int = 1000, n_val: int = 1) -> tuple[list[Case], list[Case]]:
+def reference_phantom_cases(n_subjects: int, *, seed: int = 1000, n_val: int = 1,
+                            real_lesion_share: float = 0.0) -> tuple[list[Case], list[Case]]:
     """The reference model's data: phantom subjects cycling through every scanner profile.
 
     Subject ``k`` has seed ``seed + k`` and profile ``PROFILES[k % 4]``; the last
     ``n_val`` subjects are the validation set. Mixing profiles is part of the
-    domain randomisation that lets the model work on real scans.
+    domain randomisation that lets the model work on real scans. A share
+    ``real_lesion_share`` of the training subjects (spread evenly) carry the lesions of
+    the real training masks (``REAL_LESION_MASKS["train"]``, in turn) instead of ovoids;
+    the validation subjects keep drawn lesions.
     """
     from tqdm.auto import tqdm
 
     from .phantom import PROFILES, generate_subject
+    from .phantom_lesions import REAL_LESION_MASKS
 
-    profiles = list(PROFILES)
-    cases = []
+    if not 0.0 <= real_lesion_share <= 1.0:
+        raise MSToolkitInputError(f"'real_lesion_share' must be in [0, 1], got {real_lesion_share!r}.")
+    profiles, real_masks = list(PROFILES), REAL_LESION_MASKS["train"]
+    cases, n_real = [], 0
     for k in tqdm(range(n_subjects), desc="generating phantom subjects", leave=False):
-        case = generate_subject(seed=seed + k, profile=profiles[k % len(profiles)])
+        real = None
+        if k < n_subjects - n_val and int((k + 1) * real_lesion_share) > int(k * real_lesion_share):
+            real, n_real = real_masks[n_real % len(real_masks)], n_real + 1
+        case = generate_subject(seed=seed + k, profile=profiles[k % len(profiles)], real_lesions=real)
         case.images = {name: case.images[name] for name in ("FLAIR", "T1")}  # keep memory low
         cases.append(case)
     return cases[:-n_val], cases[-n_val:]

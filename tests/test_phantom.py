@@ -6,6 +6,7 @@ import cc3d
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from mstoolkit import phantom, phantom_anatomy, phantom_dataset, phantom_lesions
 from mstoolkit.io import MSToolkitInputError, load_image
@@ -18,7 +19,7 @@ def case():
 
 def _scene_mask(seed: int) -> tuple[np.ndarray, dict, list]:
     """The lesion mask of subject ``seed`` without rendering images (cheaper)."""
-    anatomy, lesions, _ = phantom._scene(seed)
+    anatomy, lesions, _, _ = phantom._scene(seed)
     tissue = phantom._tissue_with_lesions(anatomy, phantom_lesions._rasterise(lesions)[0])
     lesion, _ = phantom._masks(tissue)
     return (lesion > 0.5).astype(np.uint8), anatomy, lesions
@@ -168,6 +169,8 @@ def test_raw_scan_has_skull_bias_and_lps_axes(tmp_path):
         (lambda: phantom.generate_subject(seed=0, spacing=(1.0, 1.0)), "'spacing' must be 3 positive numbers"),
         (lambda: phantom.generate_subject(seed=-1), "'seed' must be a non-negative integer"),
         (lambda: phantom.generate_subject(seed=0, n_lesions=-2), "'n_lesions' must be an integer from 0"),
+        (lambda: phantom.generate_subject(seed=0, real_lesions="patient26"), "Unknown real lesion mask 'patient26'"),
+        (lambda: phantom.generate_subject(seed=0, real_lesions="patient01", n_lesions=3), "not both"),
         (lambda: phantom.generate_longitudinal_pair(seed=0, misregistration_mm=-1), "'misregistration_mm'"),
     ],
 )
@@ -183,3 +186,48 @@ def test_clear_cache_frees_the_cached_templates():
     assert _template.cache_info().currsize == 1
     phantom.clear_cache()
     assert _template.cache_info().currsize == 0
+
+
+def test_real_lesion_masks_are_split_without_the_evaluation_case():
+    train, heldout = phantom_lesions.REAL_LESION_MASKS["train"], phantom_lesions.REAL_LESION_MASKS["heldout"]
+    assert len(train) == 20 and len(heldout) == 7 and not set(train) & set(heldout)
+    assert "patient26" not in train + heldout
+    folder = phantom_lesions.REAL_LESION_DIR
+    assert sorted(p.name for p in folder.glob("*.nii.gz")) == sorted(f"{n}.nii.gz" for n in train + heldout)
+
+
+def test_shipped_real_masks_are_the_upstream_files():
+    """Byte-identical to open_ms_data (checked against the sample's manifest when it is here)."""
+    import hashlib
+
+    from mstoolkit.datasets import real_sample_dir
+
+    root = real_sample_dir()
+    if root is None:
+        pytest.skip("the real open_ms_data sample is not on this machine")
+    manifest = {}
+    for line in (root / "MANIFEST.tsv").read_text().splitlines()[1:]:
+        path, _, _, sha256 = (line.split("\t") + [""] * 4)[:4]
+        manifest[path] = sha256
+    folder = phantom_lesions.REAL_LESION_DIR
+    for shipped in folder.glob("*.nii.gz"):
+        upstream = f"cross_sectional/MNI/{shipped.name[:9]}/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
+        assert hashlib.sha256(shipped.read_bytes()).hexdigest() == manifest[upstream], shipped.name
+
+
+def test_real_lesions_land_where_the_real_mask_has_them():
+    real = phantom_lesions._real_mask("patient02")
+    case = phantom.generate_subject(seed=3, real_lesions="patient02")
+    assert case.meta["real_lesions"] == "patient02"
+    # The subject's own anatomy moves them a few mm (and the seed may mirror them left-right):
+    # nearly every lesion voxel lies within 5 mm of the real mask, and not of another patient's.
+    def share_within_5mm(mask):
+        return max((ndi.distance_transform_edt(~mask[::flip])[case.mask > 0] <= 5).mean() for flip in (1, -1))
+
+    assert share_within_5mm(real) > 0.85
+    assert share_within_5mm(phantom_lesions._real_mask("patient29")) < 0.3
+    assert 0.5 * real.sum() < case.mask.sum() < 1.2 * real.sum()
+    brain, lesion = case.brain_mask > 0, case.mask > 0
+    assert case.images["FLAIR"][lesion].mean() > 1.2 * case.images["FLAIR"][brain & ~lesion].mean()
+    again = phantom.generate_subject(seed=3, real_lesions="patient02")
+    assert again.images["FLAIR"].tobytes() == case.images["FLAIR"].tobytes()

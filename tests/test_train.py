@@ -248,7 +248,7 @@ def test_export_reference(cases, tmp_path):
 
 def test_presets_are_valid_configs():
     for name, settings in PRESETS.items():
-        settings = {k: v for k, v in settings.items() if k not in ("n_subjects", "n_val")}
+        settings = {k: v for k, v in settings.items() if k not in ("n_subjects", "n_val", "real_lesion_share")}
         assert TrainConfig(**settings).model_config()["name"] == "tiny_unet", name
 
 
@@ -266,6 +266,26 @@ def test_split_train_val_holds_out_the_last_standard_profile_cases():
         split_train_val(cases, profiles=profiles[:2])
     with pytest.raises(MSToolkitInputError, match="at least 2"):
         split_train_val(cases[:1])
+
+
+def test_reference_data_spreads_the_real_lesion_subjects_over_training_only(monkeypatch):
+    from mstoolkit import phantom
+    from mstoolkit.training_data import reference_phantom_cases
+
+    def fake_subject(*, seed, profile, real_lesions):
+        images = {name: np.zeros((2, 2, 2), np.float32) for name in ("FLAIR", "T1", "T2")}
+        return Case(f"s{seed}", images, np.eye(4), meta={"profile": profile, "real": real_lesions})
+
+    monkeypatch.setattr(phantom, "generate_subject", fake_subject)
+    train_cases, val_cases = reference_phantom_cases(10, n_val=2, real_lesion_share=0.5)
+    real = [c.meta["real"] for c in train_cases]
+    assert real == [None, "patient01", None, "patient02", None, "patient03", None, "patient05"]
+    assert [c.meta["real"] for c in val_cases] == [None, None]
+    assert list(train_cases[0].images) == ["FLAIR", "T1"]
+    train_cases, _ = reference_phantom_cases(5, n_val=1)
+    assert all(c.meta["real"] is None for c in train_cases)
+    with pytest.raises(MSToolkitInputError, match="'real_lesion_share' must be in"):
+        reference_phantom_cases(5, real_lesion_share=1.5)
 
 
 DDP_SCRIPT = textwrap.dedent(
