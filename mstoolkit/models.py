@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .doctor import release_memory
 from .io import MSToolkitInputError
 
 __all__ = [
@@ -262,6 +263,8 @@ def receptive_field(model: nn.Module, *, size: int = 96) -> tuple[int, int, int]
         other = tuple(a for a in range(3) if a != axis)
         hit = influence.any(dim=other[1]).any(dim=other[0]).nonzero()
         extents.append(int(hit.max() - hit.min() + 1) if len(hit) else 0)
+    del probe, x, out, influence
+    release_memory()  # the probe's activations and gradients: a few hundred MB at size 96
     return tuple(extents)  # type: ignore[return-value]
 
 

@@ -50,8 +50,9 @@ def cache_cases(cases: Sequence[Case], sequences: Sequence[str], *, min_size: Se
         cached.append({
             "image": np.ascontiguousarray(image, dtype=np.float32),
             "label": np.ascontiguousarray(label, dtype=np.uint8),
-            "fg": np.flatnonzero(lesion),
-            "bg": np.flatnonzero(brain.astype(bool) & ~lesion),
+            # int32 halves the memory of the indices (a brain has ~1.5 million voxels; any volume < 2**31)
+            "fg": np.flatnonzero(lesion).astype(np.int32),
+            "bg": np.flatnonzero(brain.astype(bool) & ~lesion).astype(np.int32),
             "case_id": case.case_id,
             "spacing": case.spacing,
         })
