@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 from . import __version__
 from .io import Case, MSToolkitInputError
 from .phantom_anatomy import (
+    _CENTRE,
     MNI_AFFINE,
     MNI_SHAPE,
     _anatomy,
@@ -295,7 +296,7 @@ def _move(anatomy: dict, rigid: tuple[np.ndarray, np.ndarray]) -> dict:
     """Resample the anatomy maps in a frame moved by ``rigid`` (the follow-up's head position)."""
     idx = _template()["domain"]
     rot, shift = rigid
-    origin = np.array([91.0, 108.0, 90.0])[:, None]
+    origin = _CENTRE[:, None]
     vox = np.stack(np.unravel_index(idx, MNI_SHAPE)).astype(float)
     points = (rot @ (vox - origin) + origin + shift[:, None]).astype(np.float32)
     moved = dict(anatomy)

@@ -27,6 +27,12 @@ __all__ = ["MNI_AFFINE", "MNI_SHAPE"]
 MNI_SHAPE = (182, 218, 182)
 MNI_AFFINE = np.array([[1.0, 0, 0, -91], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
 
+# Centre of the head on the grid (voxels): each subject's pose and size vary about this point.
+_CENTRE = np.array([91.0, 108.0, 90.0])
+# Mean head size relative to the template: the real MNI-registered sample (affine registration)
+# keeps brains ~9 % smaller than the template.
+_HEAD_SCALE = 0.91
+
 # Lesion zones, in the order of their labels in the template's zone map (0 = outside the brain).
 _ZONES = ("periventricular", "juxtacortical", "deep", "infratentorial")
 
@@ -122,10 +128,9 @@ def _anatomy(rng: np.random.Generator) -> dict:
     """One individual brain: deformed, sharpened GM/WM/CSF fractions on the MNI grid."""
     t = _template()
     idx, vox = t["domain"], t["voxels"]
-    centre = np.array([91.0, 108.0, 90.0], np.float32)[:, None]
+    centre = _CENTRE.astype(np.float32)[:, None]
     # Output voxel -> template voxel: a small affine (head size and pose) plus a smooth warp.
-    # Head size: the real MNI-registered sample (affine registration) keeps brains ~9 % smaller.
-    scale = rng.normal(0.91, 0.04) * rng.normal(1.0, 0.02, 3)
+    scale = rng.normal(_HEAD_SCALE, 0.04) * rng.normal(1.0, 0.02, 3)
     matrix = (_rotation(rng.normal(0, np.radians(2.0), 3)) @ np.diag(1.0 / scale)).astype(np.float32)
     coords = matrix @ (vox - centre)
     coords += centre + rng.normal(0, 1.5, (3, 1)).astype(np.float32)

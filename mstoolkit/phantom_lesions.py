@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .phantom_anatomy import _ZONES, MNI_AFFINE, MNI_SHAPE, _template
+from .phantom_anatomy import _CENTRE, _HEAD_SCALE, _ZONES, MNI_AFFINE, MNI_SHAPE, _template
 
 __all__ = ["REAL_LESION_DIR", "REAL_LESION_MASKS"]
 
@@ -90,6 +90,12 @@ def _lesion_volume(rng: np.random.Generator) -> float:
     return float(np.clip(np.exp(rng.normal(means[k], sds[k])), 1.0, 1500.0))
 
 
+def _lesion_kind(rng: np.random.Generator, volume: float) -> str:
+    """"lesion", "black_hole" (T1-dark, mostly larger lesions) or "enhancing" (gadolinium)."""
+    kind = "black_hole" if rng.random() < (0.35 if volume > 100 else 0.05) else "lesion"
+    return "enhancing" if kind == "lesion" and volume > 20 and rng.random() < 0.1 else kind
+
+
 def _frame(direction: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Orthonormal axes whose first column is ``direction``."""
     helper = rng.standard_normal(3)
@@ -132,8 +138,7 @@ def _one_lesion(rng: np.random.Generator, anatomy: dict, candidates: dict, weigh
         elongation = rng.uniform(1.0, 1.8)
     direction /= max(np.linalg.norm(direction), 1e-6)
     rotation = _frame(direction, rng)
-    kind = "black_hole" if rng.random() < (0.35 if volume > 100 else 0.05) else "lesion"
-    kind = "enhancing" if kind == "lesion" and volume > 20 and rng.random() < 0.1 else kind
+    kind = _lesion_kind(rng, volume)
     brightness = float(rng.normal(1.0, 0.07))
     # Confluent plaques: several overlapping ovoids spread along the ventricle wall.
     n_parts = int(np.ceil(volume / 900.0))
@@ -186,10 +191,10 @@ def _real_lesions(name: str, anatomy: dict, rng: np.random.Generator) -> tuple[l
         mask = mask[::-1]
     components = cc3d.connected_components(mask, connectivity=26)
     # The subject's anatomy maps each of its voxels to template coordinates; real MNI-registered
-    # brains are ~9 % smaller than the template (see _anatomy), so shrink back by that much.
+    # brains are smaller than the template by _HEAD_SCALE, so shrink back by that much.
     # Lesions then follow this subject's warp and stay where they were relative to its ventricles.
-    centre = np.array([91.0, 108.0, 90.0], np.float32)[:, None]
-    points = centre + 0.91 * (anatomy["coords"] - centre)
+    centre = _CENTRE.astype(np.float32)[:, None]
+    points = centre + _HEAD_SCALE * (anatomy["coords"] - centre)
     idx = _template()["domain"]
     fraction, owner = np.zeros(MNI_SHAPE, np.float32), np.zeros(MNI_SHAPE, np.int16)
     fraction.flat[idx] = ndi.map_coordinates(mask.astype(np.float32), points, order=1, prefilter=False)
@@ -198,8 +203,7 @@ def _real_lesions(name: str, anatomy: dict, rng: np.random.Generator) -> tuple[l
     centroids = ndi.center_of_mass(mask, components, range(1, int(components.max()) + 1))
     volumes = np.bincount(components.ravel())[1:]
     for centroid, volume in zip(centroids, volumes):
-        kind = "black_hole" if rng.random() < (0.35 if volume > 100 else 0.05) else "lesion"
-        kind = "enhancing" if kind == "lesion" and volume > 20 and rng.random() < 0.1 else kind
+        kind = _lesion_kind(rng, volume)
         radius = (3 * volume / (4 * np.pi)) ** (1 / 3)  # the ovoid of the same volume (used for enhancing rings)
         centroid = np.array(centroid)
         lesions.append(_Lesion(centroid, np.full(3, radius), np.eye(3), np.zeros((0, 5)), _zone_of(centroid[None])[0],
@@ -214,7 +218,7 @@ def _rasterise(lesions: Sequence[_Lesion], *, rigid: tuple[np.ndarray, np.ndarra
     """
     fraction = np.zeros(MNI_SHAPE, np.float32)
     owner = np.zeros(MNI_SHAPE, np.int16)
-    origin = np.array([91.0, 108.0, 90.0])
+    origin = _CENTRE
     rot, shift = (np.eye(3), np.zeros(3)) if rigid is None else rigid
     for i, les in enumerate(lesions):
         centre = rot.T @ (les.centre - origin - shift) + origin

@@ -197,22 +197,13 @@ def test_real_lesion_masks_are_split_without_the_evaluation_case():
 
 
 def test_shipped_real_masks_are_the_upstream_files():
-    """Byte-identical to open_ms_data (checked against the sample's manifest when it is here)."""
-    import hashlib
+    """Byte-identical to open_ms_data: each file's git blob SHA-1 is the committed manifest's."""
+    from mstoolkit import download, fetch
 
-    from mstoolkit.datasets import real_sample_dir
-
-    root = real_sample_dir()
-    if root is None:
-        pytest.skip("the real open_ms_data sample is not on this machine")
-    manifest = {}
-    for line in (root / "MANIFEST.tsv").read_text().splitlines()[1:]:
-        path, _, _, sha256 = (line.split("\t") + [""] * 4)[:4]
-        manifest[path] = sha256
-    folder = phantom_lesions.REAL_LESION_DIR
-    for shipped in folder.glob("*.nii.gz"):
-        upstream = f"cross_sectional/MNI/{shipped.name[:9]}/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
-        assert hashlib.sha256(shipped.read_bytes()).hexdigest() == manifest[upstream], shipped.name
+    manifest = {e["path"]: e for e in download.load_manifest("open_ms_data")["files"]}
+    for shipped in phantom_lesions.REAL_LESION_DIR.glob("*.nii.gz"):
+        upstream = f"cross_sectional/MNI/{shipped.stem[:9]}/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
+        assert fetch.file_digest(shipped, "git_blob_sha1") == manifest[upstream]["git_blob_sha1"], shipped.name
 
 
 def test_real_lesions_land_where_the_real_mask_has_them():
