@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import MSToolkitInputError
 from .phantom_anatomy import _CENTRE, _HEAD_SCALE, _ZONES, MNI_AFFINE, MNI_SHAPE, _template
 
 __all__ = ["REAL_LESION_DIR", "REAL_LESION_MASKS"]
@@ -157,8 +158,6 @@ def _one_lesion(rng: np.random.Generator, anatomy: dict, candidates: dict, weigh
 
 
 def _check_real_mask_name(name: object) -> None:
-    from .io import MSToolkitInputError
-
     names = REAL_LESION_MASKS["train"] + REAL_LESION_MASKS["heldout"]
     if name not in names:
         raise MSToolkitInputError(f"Unknown real lesion mask {name!r}; allowed: {', '.join(names)} "
@@ -168,8 +167,6 @@ def _check_real_mask_name(name: object) -> None:
 def _real_mask(name: str) -> np.ndarray:
     """A shipped real consensus mask as a boolean array on the phantom's RAS grid."""
     import nibabel as nib
-
-    from .io import MSToolkitInputError
 
     image = nib.as_closest_canonical(nib.load(REAL_LESION_DIR / f"{name}.nii.gz"))
     if image.shape != MNI_SHAPE or not np.allclose(image.affine, MNI_AFFINE):  # a damaged installation
