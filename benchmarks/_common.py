@@ -81,14 +81,9 @@ def write_json(name: str, data: Any, *, path: str | os.PathLike | None = None) -
 
 
 def benchmark_scan():
-    """The scan most benchmarks time: the real sample's patient26 when present (1 mm MNI,
-    FLAIR + T1; Lesjak et al. 2018, CC-BY), else phantom subject 0 on the same grid."""
+    """The scan most benchmarks time: the shipped real sample's patient26 (1 mm MNI,
+    FLAIR + T1; Lesjak et al. 2018, CC-BY)."""
     from mstoolkit.datasets import load_dataset_case, real_sample_dir
 
-    real = real_sample_dir()
-    if real is not None:
-        return load_dataset_case(real, "patient26")
-    from mstoolkit.phantom import generate_subject
-
-    return generate_subject(seed=0)
+    return load_dataset_case(real_sample_dir(), "patient26")
 

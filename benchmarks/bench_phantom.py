@@ -26,6 +26,7 @@ import numpy as np
 
 from mstoolkit import phantom, phantom_anatomy, phantom_lesions
 from mstoolkit.datasets import real_sample_dir
+from mstoolkit.phantom_lesions import REAL_LESION_DIR
 from mstoolkit.io import load_image
 
 TARGET_S = 3.0
@@ -145,26 +146,25 @@ def main() -> None:
           f"template load {template_s:.1f} s once per process)")
     print(f"longitudinal pair {pair_s:.2f} s, raw scan {raw_s:.2f} s; load average {result['load_average']}")
 
-    root = real_sample_dir()
-    if root is not None:
-        mni = root / "cross_sectional" / "MNI"
-        real_masks = [load_image(p)[0] > 0.5 for p in sorted(mni.glob("*/GOLD_STANDARD_*.nii.gz"))]
-        stats = {"phantom": _lesion_stats(masks), "real": _lesion_stats(real_masks)}
-        patient = mni / "patient26"
-        real = {seq: load_image(next(patient.glob(f"{seq}_*.nii.gz")))[0] for seq in ("FLAIR", "T1", "T2")}
-        case = phantom.generate_subject(seed=args.figure_seed)
-        distances = {seq: round(_histogram_distance(case.images[seq][case.brain_mask > 0], real[seq][real[seq] > 0]), 3)
-                     for seq in real}
-        for key in ("phantom", "real"):
-            s = stats[key]
-            print(f"{key:8s} lesions/subject median {s['count_median']:.0f} {s['count_range']}, volume mm3 "
-                  f"p5/p50/p95 {s['volume_mm3_percentiles_5_50_95']}, max {s['volume_mm3_max']}, total mL median "
-                  f"{s['total_ml_median']}, zones {s['zone_share']}")
-        print(f"intensity histograms (brain, / median) Wasserstein distance phantom vs real: {distances}")
-        result["realism"] = dict({k: {n: v for n, v in s.items() if n != "volumes"} for k, s in stats.items()},
-                                 histogram_wasserstein=distances)
-        _figure(case, real, load_image(next(patient.glob("GOLD_STANDARD_*.nii.gz")))[0], stats, Path(args.figure))
-        print(f"figure: {args.figure} ({Path(args.figure).stat().st_size / 1024:.0f} KB)")
+    # the real masks: the 27 shipped in the package (real_lesions/) and the shipped sample's patient26
+    patient = real_sample_dir() / "cross_sectional" / "MNI" / "patient26"
+    mask_files = [*sorted(REAL_LESION_DIR.glob("patient*.nii.gz")), next(patient.glob("GOLD_STANDARD_*.nii.gz"))]
+    real_masks = [load_image(p)[0] > 0.5 for p in mask_files]
+    stats = {"phantom": _lesion_stats(masks), "real": _lesion_stats(real_masks)}
+    real = {seq: load_image(next(patient.glob(f"{seq}_*.nii.gz")))[0] for seq in ("FLAIR", "T1", "T2")}
+    case = phantom.generate_subject(seed=args.figure_seed)
+    distances = {seq: round(_histogram_distance(case.images[seq][case.brain_mask > 0], real[seq][real[seq] > 0]), 3)
+                 for seq in real}
+    for key in ("phantom", "real"):
+        s = stats[key]
+        print(f"{key:8s} lesions/subject median {s['count_median']:.0f} {s['count_range']}, volume mm3 "
+              f"p5/p50/p95 {s['volume_mm3_percentiles_5_50_95']}, max {s['volume_mm3_max']}, total mL median "
+              f"{s['total_ml_median']}, zones {s['zone_share']}")
+    print(f"intensity histograms (brain, / median) Wasserstein distance phantom vs real: {distances}")
+    result["realism"] = dict({k: {n: v for n, v in s.items() if n != "volumes"} for k, s in stats.items()},
+                             histogram_wasserstein=distances)
+    _figure(case, real, load_image(next(patient.glob("GOLD_STANDARD_*.nii.gz")))[0], stats, Path(args.figure))
+    print(f"figure: {args.figure} ({Path(args.figure).stat().st_size / 1024:.0f} KB)")
     write_json("phantom", result)
 
 

@@ -31,11 +31,10 @@ def main() -> None:
     args = parser.parse_args()
 
     data = args.data
-    if data is None and args.preset != "reference":
-        from mstoolkit.datasets import ensure_phantom
-        from mstoolkit.train import PRESETS
+    if data is None and args.preset != "reference":  # generate the preset's phantom first, so it is not timed
+        from mstoolkit.datasets import ensure_phantom, subject_split
 
-        data = str(ensure_phantom(n_subjects=PRESETS[args.preset]["n_subjects"], seed=0))  # not timed
+        ensure_phantom(n_subjects=subject_split(args.preset).n_subjects, seed=0)
     env = thread_env(args.threads)
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "mstoolkit.cli", "train", "--preset", args.preset, "--out", out, "--device", "cpu"]

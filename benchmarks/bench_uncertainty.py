@@ -54,8 +54,7 @@ def _quality() -> dict:
     model, config = load_model("reference")
     sequences = tuple(config["sequences"])
     cases = [c.load() for c in list_cases(ensure_phantom(None, n_subjects=2, seed=0))]
-    if real_sample_dir() is not None:
-        cases.append(load_dataset_case(real_sample_dir(), "patient26"))
+    cases.append(load_dataset_case(real_sample_dir(), "patient26"))
     rng = np.random.default_rng(0)
     results, temperature = {}, None
     for case in cases:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from .io import Case, MSToolkitInputError, load_case
 
@@ -30,14 +30,103 @@ __all__ = [
     "phantom_dir",
     "ensure_phantom",
     "real_sample_dir",
+    "SHIPPED_SAMPLE",
+    "ROLES",
+    "SubjectSplit",
+    "SUBJECT_SPLITS",
+    "subject_split",
     "NOTEBOOK_SUBJECTS",
     "cli_prepare",
 ]
 
+_Item = TypeVar("_Item")
+
+#: The four jobs a subject can have; no subject has two.
+ROLES = ("train", "validation", "calibration", "test")
+
+
+@dataclass(frozen=True)
+class SubjectSplit:
+    """Which phantom subjects train, validate, calibrate and test at one run profile.
+
+    ``train`` subjects are what a model learns from; ``validation`` picks the checkpoint and
+    the threshold; ``calibration`` fits post-hoc settings such as a temperature (notebook 06);
+    ``test`` is only ever scored. A number reported on a subject that trained, validated or
+    calibrated the model would flatter it, so notebooks 04–06 score ``test`` subjects only.
+
+    Introduced in notebook 03 (U-Net training).
+
+    >>> split = subject_split("quick")
+    >>> split.role("sub-001"), split.n_subjects
+    ('validation', 5)
+    """
+
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    calibration: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def subjects(self, role: str) -> tuple[str, ...]:
+        """The subject ids of one role (``"train"``, ``"validation"``, ``"calibration"`` or ``"test"``)."""
+        if role not in ROLES:
+            raise MSToolkitInputError(f"'role' must be one of {', '.join(ROLES)}, got {role!r}.")
+        return getattr(self, role)
+
+    def role(self, subject: str) -> str | None:
+        """The role of ``subject`` in this split, or None for a subject outside it."""
+        return next((role for role in ROLES if subject in self.subjects(role)), None)
+
+    @property
+    def n_subjects(self) -> int:
+        """How many phantom subjects to generate (``ensure_phantom(n_subjects=...)``) to hold every role."""
+        return max(int(subject.removeprefix("sub-")) for role in ROLES for subject in self.subjects(role))
+
+    def select(self, cases: Sequence[_Item], role: str) -> list[_Item]:
+        """The cases (:class:`CaseFiles` or :class:`~mstoolkit.io.Case`) of one role, in the split's order."""
+        wanted = self.subjects(role)
+        by_id = {case.case_id: case for case in cases}
+        missing = [subject for subject in wanted if subject not in by_id]
+        if missing:
+            raise MSToolkitInputError(
+                f"The {role} subject(s) {', '.join(missing)} are not in this dataset; generate the phantom with "
+                f"ensure_phantom(n_subjects={self.n_subjects}) (the split's n_subjects).")
+        return [by_id[subject] for subject in wanted]
+
+
+def _subjects(*numbers: int) -> tuple[str, ...]:
+    return tuple(f"sub-{n:03d}" for n in numbers)
+
+
+#: The one definition of which phantom subject (``ensure_phantom(seed=SEED)``; subject *i* depends only on
+#: the seed and *i*) has which job at each run profile. Notebooks 03–06 and ``mstoolkit train --preset``
+#: read it. Subject *i* is rendered by scanner profile ``list(phantom.PROFILES)[(i - 1) % 4]``; validation
+#: subjects are ``standard`` ones (validation Dice then measures one reference scanner), and the test and
+#: calibration subjects cover every scanner profile. The workshop and full training sets are the ones
+#: notebook 03 always trained on, so its recorded figures still hold.
+SUBJECT_SPLITS: dict[str, SubjectSplit] = {
+    "quick": SubjectSplit(train=_subjects(2), validation=_subjects(1), calibration=_subjects(3), test=_subjects(4, 5)),
+    "workshop": SubjectSplit(train=_subjects(1, 2, 3, 4, 6), validation=_subjects(5), calibration=_subjects(7, 8),
+                             test=_subjects(9, 10, 11, 12)),
+    "full": SubjectSplit(train=_subjects(*(n for n in range(1, 21) if n != 17)), validation=_subjects(17),
+                         calibration=_subjects(21, 22, 23, 24), test=_subjects(*range(25, 33))),
+}
+
+
+def subject_split(profile: str) -> SubjectSplit:
+    """The :data:`SUBJECT_SPLITS` entry of a run profile (``"quick"``, ``"workshop"`` or ``"full"``).
+
+    Introduced in notebook 03 (U-Net training).
+    """
+    if profile not in SUBJECT_SPLITS:
+        raise MSToolkitInputError(f"'profile' must be one of {', '.join(SUBJECT_SPLITS)}, got {profile!r}.")
+    return SUBJECT_SPLITS[profile]
+
+
 #: The phantom sizes (subjects) the notebooks ask ``ensure_phantom`` for, per
-#: profile; ``mstoolkit data prepare`` builds them all ahead of a workshop.
-#: A test keeps this table in step with the notebooks' parameters.
-NOTEBOOK_SUBJECTS = {"quick": (2,), "workshop": (2, 4, 6), "full": (4, 8, 20)}
+#: profile: one dataset that holds every role of the profile's split.
+#: ``mstoolkit data prepare`` builds them ahead of a workshop; a test keeps
+#: this table in step with the notebooks.
+NOTEBOOK_SUBJECTS = {profile: (split.n_subjects,) for profile, split in SUBJECT_SPLITS.items()}
 
 #: File-name suffix of each sequence in the BIDS-like layout.
 BIDS_SUFFIX = {"FLAIR": "FLAIR", "T1": "T1w", "T1CE": "ce-gad_T1w", "T2": "T2w"}
@@ -45,6 +134,8 @@ _LESION_SUFFIX = "label-lesion_mask"
 _BRAIN_SUFFIX = "label-brain_mask"
 # open_ms_data file-name prefixes (upstream names) → toolkit sequence names.
 _OPEN_MS_PREFIX = {"FLAIR": "FLAIR", "T1": "T1", "T1CE": "T1POST", "T2": "T2"}
+#: The real sample shipped inside the package (open_ms_data patient26, CC-BY; see its README).
+SHIPPED_SAMPLE = Path(__file__).resolve().parent / "sample_data" / "open_ms_data"
 
 
 @dataclass
@@ -212,23 +303,23 @@ def ensure_phantom(
     return out
 
 
-def real_sample_dir() -> Path | None:
-    """The real open_ms_data sample if present on this machine, else None.
+def real_sample_dir() -> Path:
+    """The real open_ms_data sample: the copy shipped inside the package, or ``$MSTOOLKIT_REAL_SAMPLE``.
 
-    Looked up in ``$MSTOOLKIT_REAL_SAMPLE``, then in ``shared/data/open_ms_data``
-    beside the repository (present in CI, not in a user's fresh clone), then in
-    the download cache.
+    The package ships one real patient (open_ms_data patient26: FLAIR, T1, T1 post-contrast,
+    T2 and the consensus lesion mask, CC-BY; ``mstoolkit/sample_data/open_ms_data/README.md``),
+    so every real-data section of the notebooks runs offline. Set ``$MSTOOLKIT_REAL_SAMPLE`` to
+    a downloaded open_ms_data folder (``mstoolkit data download open_ms_data``) to use that instead.
+
+    Introduced in notebook 01 (data loading).
     """
-    candidates = []
     if os.environ.get("MSTOOLKIT_REAL_SAMPLE"):
-        candidates.append(Path(os.environ["MSTOOLKIT_REAL_SAMPLE"]))
-    here = Path(__file__).resolve()
-    candidates += [parent / "shared" / "data" / "open_ms_data" for parent in here.parents[:4]]
-    candidates.append(default_data_dir() / "open_ms_data")
-    for candidate in candidates:
-        if (candidate / "cross_sectional").is_dir():
-            return candidate
-    return None
+        chosen = Path(os.environ["MSTOOLKIT_REAL_SAMPLE"]).expanduser()
+        if not (chosen / "cross_sectional").is_dir():
+            raise MSToolkitInputError(f"$MSTOOLKIT_REAL_SAMPLE is '{chosen}', which has no cross_sectional/ folder; "
+                                      "point it at an open_ms_data download or unset it to use the shipped sample.")
+        return chosen
+    return SHIPPED_SAMPLE
 
 
 def cli_prepare(args) -> int:

@@ -116,7 +116,7 @@ def collect_report() -> dict:
         "packages": {name: _version(name) for name in _PACKAGES},
         "data_cache": str(cache),
         "datasets_in_cache": datasets,
-        "real_sample": str(real) if real else None,
+        "real_sample": str(real),
         "reference_model": sorted(p.name for p in reference.glob("*")) if reference.is_dir() else [],
     }
 

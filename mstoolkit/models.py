@@ -297,6 +297,15 @@ def _build_from_config(config: dict[str, Any]) -> nn.Module:
                        dropout=float(config.get("dropout", 0.0)), features=tuple(features) if features else None)
 
 
+def _read_checkpoint(path: Path, hint: str) -> Any:
+    """``torch.load`` of weights only, with a one-line error for a file that is not a PyTorch checkpoint."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - the weights-only unpickler raises many kinds (KeyError, UnpicklingError, ...)
+        # on a file that is not a checkpoint; whatever the kind, the fix is the same
+        raise MSToolkitInputError(f"'{path}' is not a PyTorch checkpoint (or it is truncated or corrupt); {hint}.") from None
+
+
 def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Load a trained model and its config, ready for inference (eval mode).
 
@@ -326,25 +335,34 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
     device = pick_device(device, verbose=False)
     shipped = str(source) == "reference"
     exported = REFERENCE_DIR if shipped else Path(source)
+    hint = "reinstall mstoolkit" if shipped else "pass 'reference' or a best.pt written by `mstoolkit train`"
     if shipped or (exported / "config.json").is_file():  # the shipped model, or a folder written by export_reference
-        config = json.loads((exported / "config.json").read_text())
+        try:
+            config = json.loads((exported / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise MSToolkitInputError(f"'{exported / 'config.json'}' is not a readable model config ({err}); {hint}.") from None
         weights = exported / config.get("weights", "model.pt")
         if not weights.exists():
-            hint = "reinstall mstoolkit" if shipped else "export the model again"
-            raise FileNotFoundError(f"The model weights '{weights}' are missing; {hint}.")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+            raise FileNotFoundError(f"The model weights '{weights}' are missing; "
+                                    f"{'reinstall mstoolkit' if shipped else 'export the model again'}.")
+        state = _read_checkpoint(weights, hint)
     else:
         path = Path(source)
         if path.is_dir():
             path = path / "best.pt"
         if not path.exists():
             raise FileNotFoundError(f"No model checkpoint at '{path}'. Pass 'reference' or a .pt file written by `mstoolkit train`.")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = _read_checkpoint(path, hint)
         if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-            raise MSToolkitInputError(f"'{path}' is not an mstoolkit checkpoint (expected the keys 'model' and 'config').")
+            raise MSToolkitInputError(f"'{path}' is not an mstoolkit checkpoint (expected the keys 'model' and 'config'); {hint}.")
         state, config = checkpoint["model"], dict(checkpoint["config"])
     model = _build_from_config(config)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:  # weights of another architecture, or not weights at all
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MSToolkitInputError(f"The weights in '{source}' do not fit the model its config describes ({first_line}); "
+                                  f"{hint}.") from None
     # the cut-off and smallest lesion kept, chosen on validation data; predict() uses them
     model.threshold = float(config.get("threshold", 0.5))
     model.min_lesion_mm3 = float(config.get("min_lesion_mm3", 0.0))

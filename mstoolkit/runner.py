@@ -36,6 +36,7 @@ from .io import MSToolkitInputError
 __all__ = [
     "SETUP_CELL", "REQUIRED_PARAMETERS", "notebook_paths", "repository_url", "setup_cell_source", "run_notebooks",
     "cli_run", "make_student_version", "write_student_versions", "cli_student", "check_notebook_structure",
+    "REAL_DATA_TAG", "real_data_sections",
 ]
 
 #: Names every notebook's ``parameters`` cell must assign.
@@ -239,6 +240,33 @@ def _export_html(executed: Path, html: Path) -> str | None:
     return None
 
 
+#: Cell tag of the code cells that work on real images (the shipped open_ms_data sample).
+REAL_DATA_TAG = "real-data"
+
+
+def real_data_sections(executed: str | os.PathLike) -> list[str]:
+    """The sections of an executed notebook whose ``real-data`` cells all ran without an error.
+
+    A section is named by the last Markdown heading above its cells. The run summary lists
+    them, so a reader sees which results came from real scans rather than the phantom.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    heading, ran, failed = "(before the first heading)", [], set()
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            titles = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
+            heading = titles[-1] if titles else heading
+        elif REAL_DATA_TAG in _tags(cell):
+            errored = any(output.get("output_type") == "error" for output in cell.get("outputs", []))
+            if cell.get("execution_count") is None or errored:
+                failed.add(heading)
+            elif heading not in ran:
+                ran.append(heading)
+    return [section for section in ran if section not in failed]
+
+
 def _run_one(path: Path, out: Path, parameters: dict[str, Any], timeout: float, html: bool) -> dict[str, Any]:
     import papermill
     from nbclient.exceptions import CellTimeoutError
@@ -269,6 +297,7 @@ def _run_one(path: Path, out: Path, parameters: dict[str, Any], timeout: float, 
     if partial.exists():
         os.replace(partial, executed)
         record["executed"] = str(executed.relative_to(out))
+        record["real_data_sections"] = real_data_sections(executed)
         if html:
             target = out / "html" / f"{path.stem}.html"
             record["html_error"] = _export_html(executed, target)
@@ -346,6 +375,8 @@ def _print_table(summary: dict[str, Any]) -> None:
         print(f"{r['notebook']:<40} {r['status']:<8} {r['seconds'] / 60:>8.2f} {r['peak_memory_mb']:>8.0f}")
         if r["error"]:
             print(f"    {r['error']['ename']}: {r['error']['evalue'][:200]}")
+        for section in r.get("real_data_sections", []):
+            print(f"    on real data: {section}")
     t = summary["totals"]
     print(f"{t['ok']}/{t['notebooks']} ok in {t['seconds'] / 60:.1f} min, peak {t['peak_memory_mb']:.0f} MB, "
           f"profile {summary['profile']}")

@@ -135,16 +135,18 @@ class TrainConfig:
 #: Name of the shipped reference model (reports and ``mstoolkit segment`` print it).
 REFERENCE_TITLE = "mstoolkit reference tiny U-Net (phantom-trained, FLAIR+T1)"
 
-#: Named settings for ``mstoolkit train --preset``; ``n_subjects``, ``n_val`` and ``real_lesion_share`` describe
-#: the phantom used when no data is given (see :func:`mstoolkit.training_data.reference_phantom_cases`).
+#: Named settings for ``mstoolkit train --preset``. Without ``--data``, ``quick``, ``workshop`` and ``full`` train
+#: and validate on the subjects of the notebooks' split of the same name (:data:`mstoolkit.datasets.SUBJECT_SPLITS`);
+#: for ``reference``, ``n_subjects``, ``n_val`` and ``real_lesion_share`` describe its own phantom
+#: (see :func:`mstoolkit.training_data.reference_phantom_cases`).
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(epochs=2, iterations_per_epoch=4, patch_size=(32, 32, 32), batch_size=2, n_subjects=2),
+    "quick": dict(epochs=2, iterations_per_epoch=4, patch_size=(32, 32, 32), batch_size=2),
     # = notebook 03's `workshop` profile: about 7 minutes on 2 CPU cores, under 2 GB; learning rate 5e-3
     # because 3e-3 was still far from converged in this budget (validation Dice 0.79 vs 0.86)
     "workshop": dict(epochs=36, iterations_per_epoch=40, patch_size=(48, 48, 48), batch_size=2, augment="light",
-                     dropout=0.1, validate_every=2, patience=5, learning_rate=5e-3, n_subjects=6),
+                     dropout=0.1, validate_every=2, patience=5, learning_rate=5e-3),
     "full": dict(epochs=200, iterations_per_epoch=250, patch_size=(96, 96, 96), batch_size=4, features=(16, 32, 64, 128, 256),
-                 augment="domain", patience=20, n_subjects=40),
+                 augment="domain", patience=20),
     # dropout 0.1 so that notebook 06 can use MC dropout with the shipped model; one positive patch in three
     # (as nnU-Net) so that the model sees enough healthy tissue not to over-segment; two validation subjects;
     # a moving average of the weights, steadier than the last step's (chosen on phantom data: MODEL_CARD.md).
@@ -463,12 +465,12 @@ def train_ensemble(config: TrainConfig, train_cases: Sequence[Case], val_cases: 
 
 def cli_train(args) -> int:
     """``mstoolkit train --preset NAME --data DIR --out DIR``: train, save checkpoints and the history figure."""
-    from .datasets import ensure_phantom
+    from .datasets import ensure_phantom, list_cases, subject_split
 
     if args.preset not in PRESETS:
         raise MSToolkitInputError(f"Unknown preset {args.preset!r}; allowed: {', '.join(PRESETS)}.")
     settings = dict(PRESETS[args.preset])
-    n_subjects = settings.pop("n_subjects")
+    n_subjects = settings.pop("n_subjects", None)
     n_val = settings.pop("n_val", None)
     real_lesion_share = settings.pop("real_lesion_share", 0.0)
     if args.epochs is not None:
@@ -481,9 +483,13 @@ def cli_train(args) -> int:
         print(f"Generating the reference training data: {n_subjects} phantom subjects over all scanner profiles.")
         train_cases, val_cases = reference_phantom_cases(n_subjects, n_val=n_val or 1, real_lesion_share=real_lesion_share)
     else:
-        print(f"No --data given: using the phantom ({n_subjects} subjects, seed 0), generated once in the cache folder.")
-        data_dir = ensure_phantom(n_subjects=n_subjects, seed=0)
-        train_cases, val_cases = load_training_cases(data_dir, n_val=max(1, len(list(data_dir.glob("sub-*"))) // 5), sequences=config.sequences)
+        split = subject_split(args.preset)
+        data_dir = ensure_phantom(n_subjects=split.n_subjects, seed=0)
+        print(f"No --data given: the phantom (seed 0) in the cache folder; training on {', '.join(split.train)}, "
+              f"validating on {', '.join(split.validation)} (the notebooks' '{args.preset}' split).")
+        refs = list_cases(data_dir)
+        train_cases, val_cases = ([ref.load(config.sequences) for ref in split.select(refs, role)]
+                                  for role in ("train", "validation"))
     if args.ensemble > 1:
         results = train_ensemble(config, train_cases, val_cases, members=args.ensemble)
         folders = [Path(args.out) / f"member-{k}" for k in range(args.ensemble)]
