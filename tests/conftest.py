@@ -91,3 +91,21 @@ def synthetic_head(template2):
     image = (image + rng.normal(0, 0.02, shape)).astype(np.float32)
     move = _rigid([6, -4, 3], [4, -6, 3], scale=1.04)
     return image, truth, move @ affine, move
+
+
+# --------------------------------------------------------------------------- the full real sample beside the repository
+
+def shared_sample_dir():
+    """The larger open_ms_data sample in ``shared/data/open_ms_data`` beside the repository, or None.
+
+    It holds what the package does not ship (longitudinal scans, 28 masks, the upstream MANIFEST);
+    tests that need those skip without it. The notebooks and the package never read it: they use
+    the sample shipped in the package (:func:`mstoolkit.datasets.real_sample_dir`).
+    """
+    from pathlib import Path
+
+    for parent in Path(__file__).resolve().parents[:3]:
+        candidate = parent / "shared" / "data" / "open_ms_data"
+        if (candidate / "MANIFEST.tsv").is_file():
+            return candidate
+    return None

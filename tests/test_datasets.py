@@ -1,10 +1,14 @@
 """Listing and loading dataset folders (toolkit layout and open_ms_data layout)."""
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 
-from mstoolkit.datasets import bids_paths, list_cases, load_dataset_case, real_sample_dir
+import mstoolkit
+
+from mstoolkit.datasets import CaseFiles, bids_paths, list_cases, load_dataset_case, real_sample_dir
 from mstoolkit.io import MSToolkitInputError
 
 
@@ -43,11 +47,10 @@ def test_missing_and_empty_folders(tmp_path):
 
 
 def test_real_sample_layout():
+    """The shipped real sample works offline: no download, no ../shared."""
     root = real_sample_dir()
-    if root is None:
-        pytest.skip("the real open_ms_data sample is not on this machine")
+    assert root.is_relative_to(Path(mstoolkit.__file__).parent), "the default real sample must ship inside the package"
     cases = list_cases(root)
-    # Only patient26 has images; the other folders hold masks alone.
     assert [c.case_id for c in cases] == ["patient26"]
     case = cases[0].load()
     assert set(case.images) == {"FLAIR", "T1", "T1CE", "T2"}
@@ -57,25 +60,108 @@ def test_real_sample_layout():
     assert 6.0 < case.mask.sum() / 1000 < 10.0
 
 
+def test_shipped_sample_is_byte_identical_to_upstream():
+    """Every shipped file is the upstream file (git blob SHA-1 of the committed manifest), so the CC-BY
+    citation and the published figures apply to it; nothing upstream lists is missing from patient26."""
+    from mstoolkit import download, fetch
+
+    root = real_sample_dir()
+    manifest = {entry["path"]: entry for entry in download.load_manifest("open_ms_data")["files"]}
+    shipped = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "README.md")
+    assert len(shipped) == 7
+    for relative in shipped:
+        assert fetch.file_digest(root / relative, "git_blob_sha1") == manifest[relative]["git_blob_sha1"], relative
+    upstream = {path for path in manifest if path.startswith("cross_sectional/MNI/patient26/")}
+    assert upstream <= set(shipped)
+    assert "Lesjak" in (root / "README.md").read_text() and "CC-BY" in (root / "README.md").read_text()
+
+
+def test_real_sample_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSTOOLKIT_REAL_SAMPLE", str(tmp_path))
+    with pytest.raises(MSToolkitInputError, match="has no cross_sectional/ folder"):
+        real_sample_dir()
+    (tmp_path / "cross_sectional").mkdir()
+    assert real_sample_dir() == tmp_path
+
+
 def test_prepare_builds_every_phantom_size_the_notebooks_use():
-    """`mstoolkit data prepare` must generate what each notebook asks for, or a workshop waits."""
+    """`mstoolkit data prepare` must generate what each notebook asks for, or a workshop waits.
+
+    Every notebook sizes its phantom by the profile's subject split, so all notebooks of a
+    profile share one dataset and its test subjects exist wherever a notebook needs them.
+    """
     import re
     from pathlib import Path
 
     import nbformat
 
-    from mstoolkit.datasets import NOTEBOOK_SUBJECTS
-
     notebooks = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    checked = 0
-    pattern = re.compile(r"N_SUBJECTS = N_SUBJECTS or \w*\.?pick\(PROFILE, quick=(\d+), workshop=(\d+), full=(\d+)\)")
+    assert notebooks
     for path in notebooks:
         source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
-        for quick, workshop, full in pattern.findall(source):
-            checked += 1
-            for profile, n in (("quick", quick), ("workshop", workshop), ("full", full)):
-                assert int(n) in NOTEBOOK_SUBJECTS[profile], f"{path.name}: {n} subjects at '{profile}' not prepared"
-    assert checked == len(notebooks), "every notebook should size its phantom with N_SUBJECTS = N_SUBJECTS or pick(...)"
+        split_names = set(re.findall(r"(\w+) = (?:datasets\.)?subject_split\(PROFILE\)", source))
+        sizes = re.findall(r"ensure_phantom\([^)]*n_subjects=([\w.]+)", source)
+        assert split_names, f"{path.name}: should take its subjects from subject_split(PROFILE)"
+        assert sizes, f"{path.name}: should build its phantom with ensure_phantom(..., n_subjects=...)"
+        for size in sizes:
+            assert size in {f"{name}.n_subjects" for name in split_names}, (
+                f"{path.name}: ensure_phantom(n_subjects={size}) is not the split's size; `mstoolkit data prepare` "
+                "builds only NOTEBOOK_SUBJECTS")
+
+
+def test_prepare_sizes_are_the_splits():
+    from mstoolkit.datasets import NOTEBOOK_SUBJECTS, SUBJECT_SPLITS
+
+    assert NOTEBOOK_SUBJECTS == {profile: (split.n_subjects,) for profile, split in SUBJECT_SPLITS.items()}
+
+
+# --------------------------------------------------------------------------- subject splits
+
+
+@pytest.mark.parametrize("profile", ["quick", "workshop", "full"])
+def test_subject_roles_are_disjoint(profile):
+    """No subject may both train (or validate, or calibrate) a model and score it."""
+    from mstoolkit.datasets import ROLES, subject_split
+
+    split = subject_split(profile)
+    seen: dict[str, str] = {}
+    for role in ROLES:
+        members = split.subjects(role)
+        assert members, f"{profile}: no {role} subject"
+        assert len(set(members)) == len(members), f"{profile}: a {role} subject is listed twice"
+        for subject in members:
+            assert subject not in seen, f"{profile}: {subject} is both {seen[subject]} and {role}"
+            seen[subject] = role
+    assert split.n_subjects == max(int(s[4:]) for s in seen)
+
+
+@pytest.mark.parametrize("profile", ["quick", "workshop", "full"])
+def test_validation_is_standard_and_test_covers_every_scanner(profile):
+    from mstoolkit.datasets import subject_split
+    from mstoolkit.phantom import PROFILES
+
+    def scanner(subject: str) -> str:  # the rule of phantom_dataset.generate_dataset
+        return list(PROFILES)[(int(subject[4:]) - 1) % len(PROFILES)]
+
+    split = subject_split(profile)
+    assert {scanner(s) for s in split.validation} == {"standard"}
+    if profile != "quick":
+        assert {scanner(s) for s in split.test} == set(PROFILES)
+
+
+def test_split_select_and_errors():
+    from mstoolkit.datasets import subject_split
+
+    split = subject_split("quick")
+    cases = [CaseFiles(case_id=f"sub-{i:03d}", images={}) for i in range(1, 6)]
+    assert [c.case_id for c in split.select(cases, "test")] == ["sub-004", "sub-005"]
+    assert split.role("sub-003") == "calibration" and split.role("sub-099") is None
+    with pytest.raises(MSToolkitInputError, match="not in this dataset.*n_subjects=5"):
+        split.select(cases[:3], "test")
+    with pytest.raises(MSToolkitInputError, match="'role' must be one of train, validation, calibration, test"):
+        split.select(cases, "testing")
+    with pytest.raises(MSToolkitInputError, match="'profile' must be one of quick, workshop, full"):
+        subject_split("fast")
 
 
 def test_prepare_rejects_unknown_profile():

@@ -24,11 +24,13 @@ import pytest
 
 from mstoolkit import archives, download, fetch, importers
 from mstoolkit.cli import build_parser, main
-from mstoolkit.datasets import list_cases, load_dataset_case, real_sample_dir
+from mstoolkit.datasets import list_cases, load_dataset_case
 from mstoolkit.io import MSToolkitInputError, load_mask
 
-SAMPLE = real_sample_dir()
-needs_sample = pytest.mark.skipif(SAMPLE is None, reason="the real open_ms_data sample is not on this machine")
+from conftest import shared_sample_dir
+
+SAMPLE = shared_sample_dir()  # the larger sample beside the repository: it can serve as a mirror
+needs_sample = pytest.mark.skipif(SAMPLE is None, reason="shared/data/open_ms_data is not beside the repository")
 FLAIR_26 = "cross_sectional/MNI/patient26/FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
 
 

@@ -165,6 +165,26 @@ def test_segment_matches_predict_with_a_known_model(odd_files, tmp_path, monkeyp
     assert mask[10:14, 12:16, 7:10].all() and mask[4, 6, 4] == 1 and mask.sum() == 49
 
 
+@pytest.mark.parametrize("kind", ["text", "nifti", "truncated", "other_architecture"])
+def test_segment_with_a_file_that_is_not_a_checkpoint(kind, odd_files, checkpoint, tmp_path, capsys):
+    """`segment --model FILE` with a wrong file: one line naming the file and the fix, no traceback, no output."""
+    bad = tmp_path / f"{kind}.pt"
+    if kind == "text":
+        bad.write_text("not a model\n")
+    elif kind == "nifti":
+        bad = odd_files["T1"]
+    elif kind == "truncated":
+        bad.write_bytes(checkpoint.read_bytes()[:2000])
+    else:  # a real checkpoint whose weights belong to another network
+        torch.save({"model": {"head.weight": torch.zeros(3)}, "config": {"name": "tiny_unet", "sequences": ["FLAIR", "T1"]}}, bad)
+    code = main(["segment", "--flair", str(odd_files["FLAIR"]), "--t1", str(odd_files["T1"]),
+                 "--out", str(tmp_path / "o"), "--model", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and bad.name in err and "mstoolkit train" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_segment_errors(odd_files, checkpoint, tmp_path, capsys):
     code = main(["segment", "--flair", str(tmp_path / "missing.nii.gz"), "--t1", str(odd_files["T1"]),
                  "--out", str(tmp_path / "o"), "--model", str(checkpoint)])

@@ -433,8 +433,6 @@ def test_real_sample_lesions_against_scipy():
     from mstoolkit.io import load_mask
 
     root = real_sample_dir()
-    if root is None:
-        pytest.skip("real open_ms_data sample not present")
     from scipy.ndimage import generate_binary_structure, label
 
     truth, affine = load_mask(next((root / "cross_sectional" / "MNI" / "patient26").glob("GOLD_STANDARD_*.nii.gz")))

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import shared_sample_dir
+
 from mstoolkit import preprocess as pp
 from mstoolkit import registration
 from mstoolkit.cli import main
-from mstoolkit.datasets import real_sample_dir
 from mstoolkit.io import (
     Case,
     MSToolkitInputError,
@@ -208,9 +209,9 @@ def test_cli_longitudinal_registration_matches_upstream_transforms(tmp_path):
     C_N = itk_to_world_matrix(T_N): study-N world -> common world. The registration
     they imply from study 2 to study 1 is inv(C_1) @ C_2.
     """
-    sample = real_sample_dir()
+    sample = shared_sample_dir()
     if sample is None:
-        pytest.skip("the real open_ms_data sample is not on this machine")
+        pytest.skip("shared/data/open_ms_data (longitudinal scans) is not beside the repository")
     folder = sample / "longitudinal" / "raw" / "patient01"
     out = tmp_path / "study2_on_study1.nii.gz"
     code = main(["preprocess", str(folder / "study2_FLAIR.nii.gz"), "--out", str(out),

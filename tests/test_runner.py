@@ -147,6 +147,24 @@ def test_cli_prints_table(tmp_path, capsys):
     assert not (tmp_path / "b" / "html").exists()
 
 
+def test_summary_lists_sections_that_ran_on_real_data(tmp_path, capsys):
+    """Sections are named by their heading; one whose real-data cell failed or never ran is not listed."""
+    def markdown(text):
+        return nbformat.v4.new_markdown_cell(text)
+
+    nb = _write(tmp_path / "01_real.ipynb", [
+        _code(PARAMETERS, "parameters"),
+        markdown("## 1. Phantom only"), _code("x = 1"),
+        markdown("## 2. A real scan\nsome prose"), _code("y = 2", "real-data"), _code("z = 3", "real-data"),
+        markdown("### 2.1 Real, half broken"), _code("v = 5", "real-data"), _code("1 / 0", "real-data"),
+        markdown("## 3. Real, never reached"), _code("w = 4", "real-data"),
+    ])
+    assert main(["notebooks", "run", str(nb), "--out", str(tmp_path / "b"), "--no-html"]) == 1
+    record = json.loads((tmp_path / "b" / "summary.json").read_text())["notebooks"][0]
+    assert record["real_data_sections"] == ["2. A real scan"]
+    assert "on real data: 2. A real scan" in capsys.readouterr().out
+
+
 def test_timeout_is_per_notebook_and_run_goes_on(tmp_path):
     # Each cell is short, together they exceed the notebook's timeout.
     slow = _write(tmp_path / "01_slow.ipynb", [_code(PARAMETERS, "parameters")] + [_code("import time; time.sleep(1.5)") for _ in range(12)])
