@@ -1,20 +1,26 @@
-"""Look inside a segmentation network: Grad-CAM for segmentation and input attributions.
+"""Look inside a segmentation network: layer maps (HiResCAM, Grad-CAM) and input attributions.
 
-Segmentation Grad-CAM (Vinogradova et al., AAAI 2020) explains a *region*: the
-target is the sum of the lesion logits over a set of voxels (the whole
-prediction, one lesion, a false positive, or a lesion the model missed). The
-gradient of that sum, averaged over a layer's positions, weighs the layer's
-feature maps; their weighted sum (ReLU) is the map. Input attributions
-(Integrated Gradients, saliency, gradient × input, occlusion; computed by
-captum) say which voxels *of which sequence* matter. Whether a map can be
-trusted (randomisation test, edge detector, pointing game), how much each
-sequence matters, and how to show a map: :mod:`mstoolkit.interpret_checks`.
+A segmentation network is explained for a *region* (Vinogradova et al., AAAI 2020): the target is
+the sum of the lesion logits over a set of voxels (the whole prediction, one lesion, a false
+positive, or a lesion the model missed). Two layer maps use the gradient of that target with
+respect to a layer's feature maps ``A_k``:
 
-Volumes are processed in tiles (a core plus ``margin`` voxels of context) so a
-1 mm brain fits in memory; a tile's core voxels come from that tile only, so
-the target and its gradients are exactly those of the tiled network. Maps are
-returned raw (not normalised); :func:`mstoolkit.interpret_checks.normalize_for_display`
-is for pictures.
+* :func:`hires_cam` (Draelos & Carin 2020) multiplies gradient and activation voxel by voxel and
+  sums over channels, ``Σ_k ∂y/∂A_k ⊙ A_k``: nothing is averaged away. The map to use.
+* :func:`grad_cam` (Selvaraju et al. 2017) first averages each channel's gradient over space into
+  one weight ``α_k``. In a network where a normalisation layer (instance, batch or group norm)
+  follows every convolution, as in :class:`mstoolkit.models.TinyUNet`, those averages are zero up
+  to tile borders, so the map is empty (notebook 05 shows why). Kept to teach that trap.
+
+Input attributions (Integrated Gradients, saliency, gradient × input, occlusion; computed by
+captum) say which voxels *of which sequence* matter. Whether a map can be trusted (randomisation
+tests, tiling, target specificity, edge detector, pointing game), how much each sequence matters,
+and how to show a map: :mod:`mstoolkit.interpret_checks`.
+
+Volumes are processed in tiles (a core plus ``margin`` voxels of context) so a 1 mm brain fits in
+memory; a tile's core voxels come from that tile only, so the target and its gradients are exactly
+those of the tiled network. Maps are returned raw (not normalised);
+:func:`mstoolkit.interpret_checks.normalize_for_display` is for pictures.
 
 Introduced in notebook 05 (Grad-CAM and interpretability).
 """
@@ -23,8 +29,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,11 +41,12 @@ from torch.nn import functional as F
 from .inference import check_model_inputs
 from .io import MSToolkitInputError, bounding_box
 
-__all__ = ["ATTRIBUTION_METHODS", "candidate_layers", "grad_cam", "input_attribution"]
+__all__ = ["ATTRIBUTION_METHODS", "candidate_layers", "grad_cam", "hires_cam", "input_attribution"]
 
 #: Methods of :func:`input_attribution`.
 ATTRIBUTION_METHODS = ("integrated_gradients", "saliency", "gradient_x_input", "occlusion")
 _CONV_TYPES = (nn.Conv3d, nn.ConvTranspose3d)
+_ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU)
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -80,17 +88,17 @@ def _find_layer(model: nn.Module, layer: str | nn.Module | None) -> tuple[str, n
             raise MSToolkitInputError("'layer' is not a module of this model; pass its name from candidate_layers(model).")
         return name, layer
     if layer not in modules:
-        convs = [n for n, m in modules.items() if isinstance(m, _CONV_TYPES)]
-        raise MSToolkitInputError(f"No layer named {layer!r} in the model; convolution layers: {', '.join(convs[:8])} …")
+        found = [n for n, m in modules.items() if isinstance(m, _CONV_TYPES + _ACTIVATION_TYPES)]
+        raise MSToolkitInputError(f"No layer named {layer!r} in the model; layers: {', '.join(found[:8])} …")
     return layer, modules[layer]
 
 
-def _conv_trace(model: nn.Module, in_channels: int, size: int = 32) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-    """Convolutions in the order they run, with their output's spatial size on a ``size``³ probe."""
+def _trace(model: nn.Module, in_channels: int, size: int = 32) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """Convolutions and activations in the order they run, with their output's spatial size on a ``size``³ probe."""
     names = {m: n for n, m in model.named_modules()}
     trace: list[tuple[str, nn.Module, tuple[int, ...]]] = []
     hooks = [m.register_forward_hook(lambda m, i, o: trace.append((names[m], m, tuple(o.shape[2:]))))
-             for m in model.modules() if isinstance(m, _CONV_TYPES)]
+             for m in model.modules() if isinstance(m, _CONV_TYPES + _ACTIVATION_TYPES)]
     try:
         with _evaluation(model), torch.no_grad():
             model(torch.zeros(1, in_channels, size, size, size, device=_device(model)))
@@ -105,29 +113,53 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def candidate_layers(model: nn.Module, *, in_channels: int | None = None) -> dict[str, str]:
-    """Name three convolution layers worth explaining: encoder, bottleneck and last decoder.
+    """Name the layers worth explaining: encoder, bottleneck, decoder, and the head's input.
 
-    * ``"encoder"`` — the last convolution of the first (finest) encoder level: edges and textures.
-    * ``"bottleneck"`` — the last convolution at the coarsest resolution: context, little detail.
-    * ``"decoder"`` — the last convolution with more channels than the output, near full
-      resolution: semantic *and* sharp, the default of :func:`grad_cam`.
+    The layers are block outputs *after* their activation (the convolutions when the model has no
+    activation modules, e.g. one that calls ``torch.relu``):
+
+    * ``"encoder"`` — the last one of the first (finest) encoder level: edges and textures.
+    * ``"bottleneck"`` — the last one at the coarsest resolution: context, little detail.
+    * ``"decoder"`` — the output of the last decoder level below full resolution (for the tiny
+      U-Net, half resolution): it has seen every coarser level and the skip connections, and two
+      3×3×3 convolutions still lie between it and the logits, so its map holds context beyond the
+      target. The default of :func:`hires_cam` and :func:`grad_cam`.
+    * ``"pre_head"`` — the input of the final 1×1 convolution. Every map there is a rescaled logit
+      map: its gradient is the head's weights on the target voxels and zero elsewhere, so
+      :func:`hires_cam` returns the target's own logits and :func:`grad_cam`'s channel weights are
+      the head's weights, whatever the target. Listed to show that trap, not to be explained.
 
     Introduced in notebook 05.
     """
     from .models import model_in_channels
 
-    trace = _conv_trace(model, in_channels or model_in_channels(model))
-    if not trace:
-        raise MSToolkitInputError("the model has no 3D convolution layers; Grad-CAM needs one.")
-    volumes = [math.prod(size) for _, _, size in trace]
+    trace = _trace(model, in_channels or model_in_channels(model))
+    if not any(isinstance(m, _CONV_TYPES) for _, m, _ in trace):
+        raise MSToolkitInputError("the model has no 3D convolution layers; a layer map needs one.")
+    activations = any(isinstance(m, _ACTIVATION_TYPES) for _, m, _ in trace)
+    kind = _ACTIVATION_TYPES if activations else _CONV_TYPES
+    steps = [(i, name, math.prod(size)) for i, (name, m, size) in enumerate(trace) if isinstance(m, kind)]
+    if not activations:
+        steps = steps[:-1] or steps  # the head's own output is the logits, nothing to explain
+    volumes = [v for _, _, v in steps]
     first_coarsest = volumes.index(min(volumes))
     bottleneck = first_coarsest
-    while bottleneck + 1 < len(trace) and volumes[bottleneck + 1] == volumes[first_coarsest]:
+    while bottleneck + 1 < len(steps) and volumes[bottleneck + 1] == volumes[first_coarsest]:
         bottleneck += 1
-    encoder = next((i for i in range(first_coarsest) if volumes[i + 1] < volumes[i]), 0)
-    out_channels = trace[-1][1].out_channels
-    decoder = max((i for i, (_, m, _) in enumerate(trace) if i > bottleneck and m.out_channels > out_channels), default=bottleneck)
-    return {"encoder": trace[encoder][0], "bottleneck": trace[bottleneck][0], "decoder": trace[decoder][0]}
+    encoder = next((k for k in range(first_coarsest) if volumes[k + 1] < volumes[k]), 0)
+    # decoder: the last block output below the output's resolution (it has two 3x3x3 convolutions and
+    # their normalisations left before the logits); without such a level, the last step a 3x3x3
+    # convolution still follows (more than the linear 1x1 head between it and the logits)
+    spatial = [i for i, (_, m, _) in enumerate(trace) if isinstance(m, _CONV_TYPES) and max(m.kernel_size) > 1]
+    later = list(range(bottleneck + 1, len(steps)))
+    coarser = [k for k in later if volumes[k] < volumes[-1]]
+    followed = [k for k in later if not activations or any(j > steps[k][0] for j in spatial)]
+    decoder = (coarser or followed or [bottleneck])[-1]
+    return {"encoder": steps[encoder][1], "bottleneck": steps[bottleneck][1], "decoder": steps[decoder][1],
+            "pre_head": steps[-1][1]}
+
+
+# --------------------------------------------------------------------------- tiles
 
 
 def _axis_tiles(n: int, patch: int, margin: int, multiple: int) -> tuple[int, int, list[tuple[int, int]]]:
@@ -142,7 +174,7 @@ def _axis_tiles(n: int, patch: int, margin: int, multiple: int) -> tuple[int, in
 
 def _size_multiple(model: nn.Module, in_channels: int) -> int:
     """How much the network down-samples at most (8 for three poolings): tiles must be multiples of it."""
-    coarsest = min(min(size) for _, _, size in _conv_trace(model, in_channels, size=32))
+    coarsest = min(min(size) for _, _, size in _trace(model, in_channels, size=32))
     return max(1, 32 // max(1, coarsest))
 
 
@@ -210,7 +242,83 @@ def _tile_weight(logits_core: torch.Tensor, core: np.ndarray, by_prediction: boo
     return ((logits_core.detach() > 0) & core if by_prediction else core).float()
 
 
-# --------------------------------------------------------------------------- Grad-CAM
+def _prepare(model: nn.Module, inputs: Any, target: Any, roi_mask: Any, patch_size, margin: int) -> dict[str, Any]:
+    """What every tiled method needs: the checked inputs, target, box, tiles and padded volume."""
+    x = check_model_inputs(inputs)
+    shape = tuple(x.shape[1:])
+    region = _resolve_target(target, shape)
+    box = _bounds(roi_mask, shape, margin)
+    crop_shape = tuple(s.stop - s.start for s in box)
+    pads, grid_shape, tiles = _tiles(crop_shape, patch_size, margin, _size_multiple(model, x.shape[0]))
+    volume = _padded(x[(slice(None),) + box][None], pads).to(_device(model))
+    return {"x": x, "shape": shape, "region": region, "box": box, "crop_shape": crop_shape, "pads": pads,
+            "grid_shape": grid_shape, "tiles": tiles, "volume": volume,
+            "grid": _on_grid(region, box, crop_shape, grid_shape)}
+
+
+def _place(found: torch.Tensor, t: dict[str, Any], roi_mask: Any, *, padded: bool) -> np.ndarray:
+    """A map computed on the tiles (padded volume or core grid, leading channel axis) back on the input grid."""
+    lo = [before for before, _ in t["pads"]] if padded else [0, 0, 0]
+    found = found[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(lo, t["crop_shape"]))]
+    result = np.zeros((found.shape[0],) + t["shape"], dtype=np.float32)
+    result[(slice(None),) + t["box"]] = found.numpy()
+    if roi_mask is not None:
+        result[:, ~_check_mask(roi_mask, t["shape"], "roi_mask")] = 0.0  # e.g. nothing to explain outside the brain
+    return result
+
+
+def _layer_stride(name: str, patch_shape: tuple[int, ...], layer_shape: tuple[int, ...]) -> int:
+    ratios = {p / s for p, s in zip(patch_shape, layer_shape)}
+    stride = ratios.pop() if len(ratios) == 1 else 0.0
+    if stride < 1 or stride != int(stride):
+        raise MSToolkitInputError(
+            f"layer {name!r} turns a {tuple(patch_shape)} patch into {tuple(layer_shape)}: not a plain down-sampling. "
+            "Pick a layer from candidate_layers(model)."
+        )
+    return int(stride)
+
+
+def _layer_tiles(model: nn.Module, layer: Any, t: dict[str, Any], *, every_tile: bool):
+    """Run the tiles once; yield per tile ``(activation, gradient or None, stride, tile)``.
+
+    ``activation`` and ``gradient`` (of the tile's part of the target) are (channels, x, y, z) at
+    the layer's resolution, for the whole patch. Tiles whose core holds none of the target are
+    skipped unless ``every_tile`` (Grad-CAM needs every tile's activations).
+    """
+    name, module = _find_layer(model, layer)
+    captured: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        with _evaluation(model):
+            for patch, inner, out in t["tiles"]:
+                needs_grad = bool(t["grid"][out].any())  # a tile without target voxels adds no gradient
+                if not (needs_grad or every_tile):
+                    continue
+                captured.clear()
+                piece = t["volume"][(slice(None), slice(None)) + patch]
+                with torch.set_grad_enabled(needs_grad):
+                    logits = _lesion_logit(model(piece))[0]
+                activation, gradient = captured[-1], None
+                stride = _layer_stride(name, piece.shape[2:], activation.shape[2:])
+                if needs_grad:
+                    weight = _tile_weight(logits[inner], t["grid"][out], t["region"] is None)
+                    if weight.any():
+                        (gradient,) = torch.autograd.grad((logits[inner] * weight).sum(), activation)
+                        gradient = gradient[0].detach()
+                yield activation[0].detach(), gradient, stride, (patch, inner, out)
+                del logits, activation
+    finally:
+        hook.remove()
+
+
+def _upsample(layer_map: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """A (x, y, z) map at a layer's resolution, trilinearly resized to ``size`` (as captum does)."""
+    if tuple(layer_map.shape) == tuple(size):
+        return layer_map
+    return F.interpolate(layer_map[None, None], size=size, mode="trilinear", align_corners=False)[0, 0]
+
+
+# --------------------------------------------------------------------------- layer maps
 
 
 def grad_cam(
@@ -224,7 +332,21 @@ def grad_cam(
     patch_size: tuple[int, int, int] = (96, 96, 96),
     margin: int = 8,
 ) -> np.ndarray:
-    """Segmentation Grad-CAM of a region, upsampled to the input grid.
+    """Segmentation Grad-CAM of a region, upsampled to the input grid: ``ReLU(Σ_k α_k A_k)``.
+
+    ``α_k`` is the gradient of the target with respect to feature map ``A_k``, averaged over all of
+    the layer's positions (every tile).
+
+    **Degenerate in networks with normalisation layers.** Instance normalisation subtracts each
+    channel's mean over space, so the gradient reaching its input sums to zero over space; a
+    convolution before it keeps that sum at zero except at the borders, and an activation after it
+    changes little. In :class:`mstoolkit.models.TinyUNet` every path to the output runs through
+    convolution → instance norm, so every ``α_k`` is zero up to border effects and rounding, and
+    the map is mostly noise that changes with the tile size. At ``candidate_layers(model)["pre_head"]``
+    the ``α_k`` are the 1×1 head's weights, so the map is the logit map whatever the target. Use
+    :func:`hires_cam` for such networks; :func:`mstoolkit.interpret_checks.grad_cam_weights`
+    measures the problem. Grad-CAM is faithful for networks without normalisation after the
+    explained layer.
 
     Parameters
     ----------
@@ -238,8 +360,7 @@ def grad_cam(
         (:func:`mstoolkit.interpret_checks.lesion_region`), a false positive, or a missed
         lesion's ground-truth region.
     layer : str or module, optional
-        A convolution layer (name from ``model.named_modules()``); default the last decoder layer
-        of :func:`candidate_layers`.
+        A layer (name from ``model.named_modules()``); default ``candidate_layers(model)["decoder"]``.
     relu : bool
         Keep only evidence *for* the target (Grad-CAM's ReLU); False returns the signed map.
     roi_mask : binary array, optional
@@ -256,62 +377,78 @@ def grad_cam(
 
     Introduced in notebook 05.
     """
-    x = check_model_inputs(inputs)
-    shape = tuple(x.shape[1:])
-    region = _resolve_target(target, shape)
-    name, module = _find_layer(model, layer)
-    box = _bounds(roi_mask, shape, margin)
-    crop = x[(slice(None),) + box]
-    pads, grid_shape, tiles = _tiles(tuple(crop.shape[1:]), patch_size, margin, _size_multiple(model, x.shape[0]))
-    grid = _on_grid(region, box, crop.shape[1:], grid_shape)
-    volume = _padded(crop[None], pads).to(_device(model))
-    captured: list[torch.Tensor] = []
-    hook = module.register_forward_hook(lambda m, i, o: captured.append(o))
-    weights_sum, stride, features = None, None, None
-    try:
-        with _evaluation(model):
-            for patch, inner, out in tiles:
-                needs_grad = bool(grid[out].any())  # a tile without target voxels adds no gradient
-                captured.clear()
-                with torch.set_grad_enabled(needs_grad):
-                    logits = _lesion_logit(model(volume[(slice(None), slice(None)) + patch]))[0]
-                activation = captured[-1]
-                if stride is None:
-                    stride = _layer_stride(name, volume[(0, 0) + patch].shape, activation.shape[2:])
-                    features = torch.zeros((activation.shape[1],) + tuple(n // stride for n in grid_shape))
-                    weights_sum = torch.zeros(activation.shape[1], dtype=torch.float64)
-                if needs_grad:
-                    weight = _tile_weight(logits[inner], grid[out], region is None)
-                    if weight.any():
-                        score = (logits[inner] * weight).sum()
-                        (gradient,) = torch.autograd.grad(score, activation)
-                        weights_sum += gradient[0].sum(dim=(1, 2, 3)).double().cpu()
-                layer_inner = tuple(slice(s.start // stride, s.stop // stride) for s in inner)
-                layer_out = tuple(slice(s.start // stride, s.stop // stride) for s in out)
-                features[(slice(None),) + layer_out] = activation[(0, slice(None)) + layer_inner].detach().cpu()
-                del logits, activation
-    finally:
-        hook.remove()
+    t = _prepare(model, inputs, target, roi_mask, patch_size, margin)
+    weights_sum, features, stride = None, None, 1
+    for activation, gradient, stride, (patch, inner, out) in _layer_tiles(model, layer, t, every_tile=True):
+        if features is None:
+            features = torch.zeros((activation.shape[0],) + tuple(n // stride for n in t["grid_shape"]))
+            weights_sum = torch.zeros(activation.shape[0], dtype=torch.float64)
+        if gradient is not None:
+            weights_sum += gradient.sum(dim=(1, 2, 3)).double().cpu()
+        layer_inner = tuple(slice(s.start // stride, s.stop // stride) for s in inner)
+        layer_out = tuple(slice(s.start // stride, s.stop // stride) for s in out)
+        features[(slice(None),) + layer_out] = activation[(slice(None),) + layer_inner].cpu()
     alpha = (weights_sum / math.prod(features.shape[1:])).float()
     cam = torch.einsum("c,cxyz->xyz", alpha, features)
-    cam = torch.relu(cam) if relu else cam
-    cam = F.interpolate(cam[None, None], size=grid_shape, mode="trilinear", align_corners=False)[0, 0]
-    result = np.zeros(shape, dtype=np.float32)
-    result[box] = cam[tuple(slice(0, n) for n in crop.shape[1:])].numpy()
-    if roi_mask is not None:
-        result[~_check_mask(roi_mask, shape, "roi_mask")] = 0.0  # e.g. nothing to explain outside the brain
-    return result
+    cam = _upsample(torch.relu(cam) if relu else cam, t["grid_shape"])
+    return _place(cam[None], t, roi_mask, padded=False)[0]
 
 
-def _layer_stride(name: str, patch_shape: tuple[int, ...], layer_shape: tuple[int, ...]) -> int:
-    ratios = {p / s for p, s in zip(patch_shape, layer_shape)}
-    stride = ratios.pop() if len(ratios) == 1 else 0.0
-    if stride < 1 or stride != int(stride):
-        raise MSToolkitInputError(
-            f"layer {name!r} turns a {tuple(patch_shape)} patch into {tuple(layer_shape)}: not a plain down-sampling. "
-            "Pick a layer from candidate_layers(model)."
-        )
-    return int(stride)
+def hires_cam(
+    model: nn.Module,
+    inputs: np.ndarray | torch.Tensor,
+    *,
+    target: str | np.ndarray = "prediction",
+    layer: str | nn.Module | None = None,
+    relu: bool = True,
+    roi_mask: np.ndarray | None = None,
+    patch_size: tuple[int, int, int] = (96, 96, 96),
+    margin: int = 8,
+) -> np.ndarray:
+    """HiResCAM of a region (Draelos & Carin 2020): ``ReLU(Σ_k ∂y/∂A_k ⊙ A_k)``, upsampled to the input grid.
+
+    Gradient and activation are multiplied voxel by voxel, then summed over channels (captum's
+    ``LayerGradientXActivation`` summed over channels). Nothing is averaged over space, so the
+    normalisation layers that make :func:`grad_cam` empty do not: the map shows, at each position
+    of the layer, how much its features move the target to first order.
+
+    When it is faithful: at any layer, to first order (like every gradient method). The default
+    layer, ``candidate_layers(model)["decoder"]``, is the last block output that a 3×3×3 convolution
+    still follows: the map is local to the target and its context, and two tile sizes give the
+    same map near the target (:func:`mstoolkit.interpret_checks.map_agreement`). Not at
+    ``"pre_head"``: only the linear 1×1 head lies between it and the logits, so the map is the
+    target's own logits (minus the bias) and zero elsewhere — true, and tells nothing new.
+
+    Parameters
+    ----------
+    model, inputs, target, roi_mask, patch_size, margin
+        As in :func:`grad_cam`. Each tile adds its whole patch (core and margin) to the map, so a
+        target near a tile border gets the context from both tiles.
+    layer : str or module, optional
+        Default ``candidate_layers(model)["decoder"]``.
+    relu : bool
+        Keep only evidence *for* the target; False returns the signed map.
+
+    Returns
+    -------
+    numpy.ndarray, float32, shape (x, y, z)
+        The raw map (not normalised).
+
+    Introduced in notebook 05.
+    """
+    t = _prepare(model, inputs, target, roi_mask, patch_size, margin)
+    padded_shape = tuple(t["volume"].shape[2:])
+    total, stride = None, 1
+    for activation, gradient, stride, (patch, _, _) in _layer_tiles(model, layer, t, every_tile=False):
+        if total is None:
+            total = torch.zeros(tuple(n // stride for n in padded_shape))
+        if gradient is not None:
+            at_layer = tuple(slice(s.start // stride, s.stop // stride) for s in patch)
+            total[at_layer] += (gradient * activation).sum(dim=0).cpu()
+    if total is None:  # no tile holds the target (an empty prediction)
+        return _place(torch.zeros((1,) + padded_shape), t, roi_mask, padded=True)[0]
+    cam = _upsample(torch.relu(total) if relu else total, padded_shape)
+    return _place(cam[None], t, roi_mask, padded=True)[0]
 
 
 # --------------------------------------------------------------------------- input attributions
@@ -349,6 +486,9 @@ def input_attribution(
 ) -> np.ndarray:
     """Per-voxel, per-sequence attribution of a region's summed lesion logits (captum).
 
+    Input attributions need no layer, so normalisation layers do not empty them as they empty
+    :func:`grad_cam`; gradient × input is :func:`hires_cam` at the input.
+
     Parameters
     ----------
     method : {"integrated_gradients", "saliency", "gradient_x_input", "occlusion"}, keyword-only
@@ -375,28 +515,26 @@ def input_attribution(
     """
     if method not in ATTRIBUTION_METHODS:
         raise MSToolkitInputError(f"Unknown method {method!r}; allowed: {', '.join(ATTRIBUTION_METHODS)}.")
-    x = check_model_inputs(inputs)
-    shape = tuple(x.shape[1:])
-    region = _resolve_target(target, shape)
+    shape = tuple(check_model_inputs(inputs).shape[1:])
     if method == "occlusion":
+        region = _resolve_target(target, shape)
         if region is None:
             raise MSToolkitInputError("occlusion needs a small target region (e.g. interpret_checks.lesion_region(mask, 1)), not 'prediction'.")
         margin = max(margin, window)  # context for the network, and room for whole cubes
-        roi_mask, patch_size = region, tuple(max(p, -(-(s.stop - s.start) // 64) * 64) for p, s in
-                                            zip(patch_size, _bounds(region, shape, margin)))
-    box = _bounds(roi_mask, shape, margin)
-    crop = x[(slice(None),) + box]
-    pads, grid_shape, tiles = _tiles(tuple(crop.shape[1:]), patch_size, margin, _size_multiple(model, x.shape[0]))
-    volume = _padded(crop[None], pads).to(_device(model))
+        patch_size = tuple(max(p, -(-(s.stop - s.start) // 64) * 64) for p, s in zip(patch_size, _bounds(region, shape, margin)))
+    t = _prepare(model, inputs, target, region if method == "occlusion" else roi_mask, patch_size, margin)
+    volume, grid = t["volume"], t["grid"]
     total = torch.zeros_like(volume[0], device="cpu")
-    grid = _on_grid(region, box, crop.shape[1:], grid_shape)
     with _evaluation(model):
-        for patch, inner, out in tiles:
+        for patch, inner, out in t["tiles"]:
             if not grid[out].any():
                 continue  # this tile's core holds none of the target: zero contribution
             piece = volume[(slice(None), slice(None)) + patch]
-            with torch.no_grad():
-                weight = _tile_weight(_lesion_logit(model(piece))[0][inner], grid[out], region is None)
+            if t["region"] is None:  # "prediction": which core voxels the model calls lesion
+                with torch.no_grad():
+                    weight = _tile_weight(_lesion_logit(model(piece))[0][inner], grid[out], True)
+            else:
+                weight = torch.from_numpy(grid[out]).float().to(piece.device)
             if not weight.any():
                 continue
             full_weight = torch.zeros(piece.shape[2:], device=piece.device)
@@ -408,13 +546,9 @@ def input_attribution(
             found = _attribute_patch(method, forward, piece.clone().requires_grad_(True), n_steps=n_steps,
                                      internal_batch_size=internal_batch_size, window=window)
             total[(slice(None),) + patch] += found[0].detach().cpu()
-    lo = [before for before, _ in pads]
-    total = total[(slice(None),) + tuple(slice(b, b + n) for b, n in zip(lo, crop.shape[1:]))]
-    result = np.zeros(tuple(x.shape), dtype=np.float32)
-    result[(slice(None),) + box] = total.abs().numpy() if method == "saliency" and not signed else total.numpy()
-    if roi_mask is not None and method != "occlusion":
-        result[:, ~_check_mask(roi_mask, shape, "roi_mask")] = 0.0
-    return result
+    if method == "saliency" and not signed:
+        total = total.abs()
+    return _place(total, t, None if method == "occlusion" else roi_mask, padded=True)
 
 
 def _tiled_logits(model: nn.Module, x: torch.Tensor, box: tuple[slice, ...], patch_size: tuple[int, int, int],

@@ -1,10 +1,14 @@
 """Can a saliency map be trusted, and what does it point at? Sanity checks and helpers to read maps.
 
-The cascading randomisation test of Adebayo et al. (NeurIPS 2018) randomises the
-weights from the output layer back: a map that barely changes does not explain the
-model, and a map that looks like an edge detector's output (:func:`edge_map`) shows the
-image rather than the model's reasoning. :func:`sequence_importance` sets the
-per-sequence attributions beside what happens when a sequence is removed. The
+The sanity checks of Adebayo et al. (NeurIPS 2018): the cascading *model* randomisation
+test (:func:`randomization_test`) randomises the weights from the output layer back, and
+the *data* randomisation test (:func:`data_randomization_test`) retrains the network on
+shuffled labels; a map that barely changes does not explain the model, and a map that looks
+like an edge detector's output (:func:`edge_map`) shows the image rather than the model's
+reasoning. :func:`map_agreement` compares two maps near a target: the same target with two
+tile sizes must agree, different targets must not. :func:`grad_cam_weights` shows why
+Grad-CAM is empty in a network with normalisation layers. :func:`sequence_importance` sets
+the per-sequence attributions beside what happens when a sequence is removed. The
 energy-based :func:`pointing_game` scores how much of a map falls on a region;
 :func:`lesion_region` and :func:`example_targets` pick regions worth explaining; and
 :func:`normalize_for_display` and :func:`plot_map` show a map (for pictures only: keep
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .inference import check_model_inputs
 from .interpret import (
@@ -33,18 +38,28 @@ from .interpret import (
     _device,
     _evaluation,
     _find_layer,
+    _lesion_logit,
     _resolve_target,
     _tiled_logits,
+    candidate_layers,
     grad_cam,
+    hires_cam,
     input_attribution,
 )
 from .io import MSToolkitInputError
 from .plots import LINE_COLOURS
 
+#: Layer maps the sanity checks accept, besides :data:`mstoolkit.interpret.ATTRIBUTION_METHODS`.
+LAYER_METHODS = {"hires_cam": hires_cam, "grad_cam": grad_cam}
+
 __all__ = [
+    "LAYER_METHODS",
+    "data_randomization_test",
     "edge_map",
     "example_targets",
+    "grad_cam_weights",
     "lesion_region",
+    "map_agreement",
     "normalize_for_display",
     "plot_map",
     "plot_randomization",
@@ -155,15 +170,148 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def _near(regions: Any, shape: tuple[int, ...], within: float) -> np.ndarray:
+    """Voxels at most ``within`` voxels from any of ``regions`` (one mask or a list of masks)."""
+    from scipy import ndimage
+
+    masks = [regions] if isinstance(regions, np.ndarray) else list(regions)
+    union = np.zeros(shape, dtype=bool)
+    for mask in masks:
+        union |= _check_mask(mask, shape, "near")
+    if not union.any():
+        raise MSToolkitInputError("'near' is empty; pass the target region(s) the maps explain.")
+    return ndimage.distance_transform_edt(~union) <= within
+
+
+def map_agreement(first: np.ndarray, second: np.ndarray, *, near: Any = None, within: float = 15,
+                  method: str = "pearson") -> float:
+    """Correlation of two maps, on the voxels within ``within`` voxels of ``near``.
+
+    Two uses, both in notebook 05. *Tiling invariance*: the same target explained with two tile
+    sizes must give the same map near the target (Pearson r close to 1); a map that changes
+    with the tiles shows the tiling, not the model. *Target specificity*: maps of different
+    targets (a true-positive lesion, a false positive, a background region; ``near`` = both
+    regions) must differ (rank correlation well below 1); a map that is the same whatever the
+    target explains nothing about the target.
+
+    Parameters
+    ----------
+    first, second : array (x, y, z) or (channels, x, y, z)
+        Raw maps on one grid; several channels (per-sequence attributions) are summed first.
+    near : binary array or list of binary arrays, optional
+        Target region(s); default every voxel.
+    within : float
+        Distance in voxels (Euclidean) from ``near``.
+    method : {"pearson", "spearman"}
+
+    >>> a = np.zeros((5, 5, 5)); a[2, 2, 2] = 1.0; a[1, 1, 1] = 0.5
+    >>> map_agreement(a, 2 * a), map_agreement(a, -a, method="spearman")
+    (1.0, -1.0)
+    """
+    first, second = (np.asarray(m, dtype=np.float64) for m in (first, second))
+    first, second = (m.sum(0) if m.ndim == 4 else m for m in (first, second))
+    if first.shape != second.shape or first.ndim != 3:
+        raise MSToolkitInputError(f"the maps must be 3D on one grid, got shapes {first.shape} and {second.shape}.")
+    if method not in ("pearson", "spearman"):
+        raise MSToolkitInputError(f"'method' must be 'pearson' or 'spearman', got {method!r}.")
+    inside = np.ones(first.shape, bool) if near is None else _near(near, first.shape, within)
+    a, b = first[inside], second[inside]
+    if method == "spearman":
+        return _spearman(a, b)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0  # a constant map agrees with nothing
+    return round(float(np.corrcoef(a, b)[0, 1]), 12)
+
+
+def grad_cam_weights(model: nn.Module, inputs: np.ndarray | torch.Tensor, *, target: np.ndarray,
+                     layers: dict[str, str] | None = None):
+    """Grad-CAM's channel weights ``α_k`` at each layer, and how much of each channel's gradient cancels.
+
+    One pass over the whole ``inputs`` (a box of at most about 128³ voxels; no tiles). For each
+    channel ``k`` of each layer: ``alpha`` (the gradient of the target averaged over the layer's
+    positions, Grad-CAM's weight) and ``balance`` = ``|Σ_u ∂y/∂A_k,u| / Σ_u |∂y/∂A_k,u|``.
+    A balance near 0 means the gradient's positive and negative parts cancel, so ``α_k`` is
+    zero up to rounding however strongly the channel matters: what instance normalisation after
+    a layer does, since it removes each channel's mean. A balance of 1 means the gradient has one
+    sign everywhere (as at the input of a 1×1 head, where it is the head's weight).
+
+    Parameters
+    ----------
+    target : binary array (x, y, z)
+        The region whose summed lesion logits are explained.
+    layers : dict, optional
+        Label → layer name; default :func:`mstoolkit.interpret.candidate_layers`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per channel: ``role`` (the label), ``layer``, ``channel``, ``alpha``, ``balance``.
+        ``table.groupby("role", sort=False)["balance"].max()`` gives the figure of each layer.
+
+    Introduced in notebook 05.
+    """
+    import pandas as pd
+
+    x = check_model_inputs(inputs)
+    region = torch.from_numpy(_check_mask(target, tuple(x.shape[1:]), "target"))
+    layers = dict(layers or candidate_layers(model, in_channels=x.shape[0]))
+    modules = {role: _find_layer(model, name) for role, name in layers.items()}
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_hook(lambda m, i, o, role=role: captured.__setitem__(role, o))
+             for role, (_, module) in modules.items()]
+    try:
+        with _evaluation(model):
+            logits = _lesion_logit(model(x[None].to(_device(model))))[0]
+            gradients = torch.autograd.grad(logits[region.to(logits.device)].sum(), list(captured.values()))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rows = []
+    for role, gradient in zip(captured, gradients):
+        gradient = gradient[0].detach().double().cpu().flatten(1)
+        balance = gradient.sum(1).abs() / gradient.abs().sum(1).clamp_min(1e-30)
+        rows += [{"role": role, "layer": modules[role][0], "channel": k, "alpha": float(gradient[k].mean()),
+                  "balance": float(balance[k])} for k in range(gradient.shape[0])]
+    return pd.DataFrame(rows)
+
+
+def _check_method(method: str) -> None:
+    if method not in LAYER_METHODS and method not in ATTRIBUTION_METHODS:
+        raise MSToolkitInputError(f"Unknown method {method!r}; allowed: {', '.join(LAYER_METHODS)}, "
+                                  f"{', '.join(ATTRIBUTION_METHODS)}.")
+
+
+def _explainer(method: str, x: torch.Tensor, region: np.ndarray, roi_mask: Any, layer: Any, options: dict):
+    """A function model → map (x, y, z) for one of the sanity checks' methods."""
+
+    def explain(net: nn.Module) -> np.ndarray:
+        if method in LAYER_METHODS:
+            return LAYER_METHODS[method](net, x, target=region, layer=layer, roi_mask=roi_mask, **options)
+        return input_attribution(net, x, method=method, target=region, roi_mask=roi_mask, signed=method == "saliency",
+                                 **options).sum(0)  # signed gradient for saliency; summed over sequences
+
+    return explain
+
+
+def _compared_voxels(shape, roi_mask, region, within, max_voxels, seed) -> np.ndarray:
+    """Flat indices of the voxels a randomisation check compares (at most ``max_voxels``, sampled)."""
+    inside = np.ones(shape, bool) if roi_mask is None else _check_mask(roi_mask, shape, "roi_mask")
+    if within is not None:
+        inside = inside & _near(region, shape, within)
+    candidates = np.flatnonzero(inside)
+    return np.random.default_rng(seed).choice(candidates, size=min(max_voxels, candidates.size), replace=False)
+
+
 def randomization_test(
     model: nn.Module,
     inputs: np.ndarray | torch.Tensor,
-    method: str = "grad_cam",
+    method: str = "hires_cam",
     target: str | np.ndarray = "prediction",
     *,
     layer: str | None = None,
     steps: int | None = None,
     roi_mask: np.ndarray | None = None,
+    within: float | None = None,
     max_voxels: int = 300_000,
     seed: int = 0,
     **options: Any,
@@ -172,20 +320,23 @@ def randomization_test(
 
     Re-initialises the layers of a *copy* of the model one step at a time, from the output layer
     back to the input, recomputes the map after each step, and compares it with the original map
-    by Spearman rank correlation (inside ``roi_mask`` when given; at most ``max_voxels`` voxels,
-    sampled with ``seed``). A faithful explanation decorrelates quickly: a map that survives
-    random weights shows the image (edges), not the model.
+    by Spearman rank correlation (inside ``roi_mask`` and within ``within`` voxels of the target
+    when given; at most ``max_voxels`` voxels, sampled with ``seed``). A faithful explanation
+    decorrelates quickly: a map that survives random weights shows the image (edges), not the model.
 
     Parameters
     ----------
-    method : "grad_cam" or one of :data:`ATTRIBUTION_METHODS`
+    method : "hires_cam", "grad_cam" or one of :data:`mstoolkit.interpret.ATTRIBUTION_METHODS`
     target : "prediction" or binary array
         "prediction" is fixed to the *original* model's prediction, so every step explains the
         same region.
+    layer : str, optional
+        The layer of a layer map; default ``candidate_layers(model)["decoder"]``.
     steps : int, optional
         Merge the layers into this many steps (faster); default one step per convolution.
     options
-        Passed to :func:`grad_cam` or :func:`input_attribution`.
+        Passed to the map's function (:func:`mstoolkit.interpret.hires_cam`, ``grad_cam`` or
+        ``input_attribution``).
 
     Returns
     -------
@@ -197,52 +348,142 @@ def randomization_test(
     Introduced in notebook 05.
     """
     import pandas as pd
+    from tqdm.auto import tqdm
+
     from .models import model_in_channels
 
-    if method != "grad_cam" and method not in ATTRIBUTION_METHODS:
-        raise MSToolkitInputError(f"Unknown method {method!r}; allowed: grad_cam, {', '.join(ATTRIBUTION_METHODS)}.")
+    _check_method(method)
     x = check_model_inputs(inputs)
     shape = tuple(x.shape[1:])
-    if isinstance(target, str) and target == "prediction":
-        box = _bounds(roi_mask, shape, options.get("margin", 8))
-        target = np.zeros(shape, dtype=bool)
-        target[box] = _tiled_logits(model, x, box, options.get("patch_size", (96, 96, 96)), options.get("margin", 8)) > 0
-    region = _resolve_target(target, shape)
-    layer_name = _find_layer(model, layer)[0] if method == "grad_cam" else None
-
-    def explain(net: nn.Module) -> np.ndarray:
-        if method == "grad_cam":
-            return grad_cam(net, x, target=region, layer=layer_name, roi_mask=roi_mask, **options)
-        return input_attribution(net, x, method=method, target=region, roi_mask=roi_mask,
-                                 signed=method == "saliency", **options)
-
-    candidates = np.flatnonzero(np.ones(shape, bool) if roi_mask is None else _check_mask(roi_mask, shape, "roi_mask"))
-    rng = np.random.default_rng(seed)
-    voxels = rng.choice(candidates, size=min(max_voxels, candidates.size), replace=False)
+    region = _fixed_target(model, x, target, roi_mask, options)
+    layer_name = _find_layer(model, layer)[0] if method in LAYER_METHODS else None
+    explain = _explainer(method, x, region, roi_mask, layer_name, options)
+    voxels = _compared_voxels(shape, roi_mask, region, within, max_voxels, seed)
 
     def flat(found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        values = found.reshape((-1, int(np.prod(shape))))[:, voxels]  # (sequences or 1, voxels)
-        return values.sum(0), np.abs(values).sum(0)
+        values = found.reshape(-1)[voxels]
+        return values, np.abs(values)
 
     original = flat(explain(model))
     rows = [{"step": 0, "randomised_to": "none", "spearman": 1.0, "spearman_abs": 1.0}]
     randomised = copy.deepcopy(model)
     layers = _randomisation_steps(randomised, model_in_channels(model), steps)
-    from tqdm.auto import tqdm
-
     with torch.random.fork_rng(devices=[]):
         for step, (name, group) in enumerate(tqdm(layers, desc="randomising layers", leave=False), start=1):
             torch.manual_seed(seed + step)
             for module in group:
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-                else:
-                    for p in module.parameters(recurse=False):
-                        torch.nn.init.normal_(p.data, std=float(p.data.std()) or 0.1)
+                _reinitialise(module)
             now = flat(explain(randomised))
             rows.append({"step": step, "randomised_to": name, "spearman": _spearman(original[0], now[0]),
                          "spearman_abs": _spearman(original[1], now[1])})
     return pd.DataFrame(rows)
+
+
+def _fixed_target(model: nn.Module, x: torch.Tensor, target: Any, roi_mask: Any, options: dict) -> np.ndarray:
+    """The target as a region; "prediction" becomes the original model's predicted mask."""
+    shape = tuple(x.shape[1:])
+    if isinstance(target, str) and target == "prediction":
+        margin = options.get("margin", 8)
+        box = _bounds(roi_mask, shape, margin)
+        target = np.zeros(shape, dtype=bool)
+        target[box] = _tiled_logits(model, x, box, options.get("patch_size", (96, 96, 96)), margin) > 0
+    return _resolve_target(target, shape)
+
+
+def _reinitialise(module: nn.Module) -> None:
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+    else:
+        for p in module.parameters(recurse=False):
+            torch.nn.init.normal_(p.data, std=float(p.data.std()) or 0.1)
+
+
+def data_randomization_test(
+    model: nn.Module,
+    inputs: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    method: str = "hires_cam",
+    target: str | np.ndarray = "prediction",
+    *,
+    layer: str | None = None,
+    roi_mask: np.ndarray | None = None,
+    within: float | None = None,
+    train_steps: int = 40,
+    patch: int = 32,
+    learning_rate: float = 3e-3,
+    max_voxels: int = 300_000,
+    seed: int = 0,
+    **options: Any,
+) -> dict[str, float]:
+    """Data randomisation test (Adebayo et al. 2018): the map of a model trained on shuffled labels.
+
+    A fresh copy of the architecture is trained (Adam, ``train_steps`` steps on random
+    ``patch``³ crops of ``inputs``) on ``labels`` whose voxels were shuffled inside ``roi_mask``:
+    the same lesion load, no relation left between image and label. Whatever that model does,
+    it cannot be what the real model learnt, so a faithful map of the same target must differ
+    from the real model's map (Spearman ρ near 0). A map that stays the same shows the image
+    or the architecture, not what was learnt.
+
+    Parameters
+    ----------
+    labels : binary array (x, y, z)
+        The lesion mask the scan would train with (the ground truth).
+    method, target, layer, roi_mask, within, max_voxels, seed, options
+        As in :func:`randomization_test`.
+    train_steps, patch, learning_rate
+        The shuffled-label training: a short one is enough, as the test asks only whether the
+        map follows the weights that data produce.
+
+    Returns
+    -------
+    dict
+        ``spearman`` and ``spearman_abs`` (as in :func:`randomization_test`) and ``final_loss``
+        (the shuffled-label model's training loss on its last step).
+
+    Introduced in notebook 05.
+    """
+    _check_method(method)
+    x = check_model_inputs(inputs)
+    shape = tuple(x.shape[1:])
+    region = _fixed_target(model, x, target, roi_mask, options)
+    layer_name = _find_layer(model, layer)[0] if method in LAYER_METHODS else None
+    explain = _explainer(method, x, region, roi_mask, layer_name, options)
+    voxels = _compared_voxels(shape, roi_mask, region, within, max_voxels, seed)
+    shuffled, loss = _train_on_shuffled_labels(model, x, _check_mask(labels, shape, "labels"), roi_mask,
+                                               steps=train_steps, patch=patch, learning_rate=learning_rate, seed=seed)
+    original, now = explain(model).reshape(-1)[voxels], explain(shuffled).reshape(-1)[voxels]
+    return {"spearman": _spearman(original, now), "spearman_abs": _spearman(np.abs(original), np.abs(now)),
+            "final_loss": loss}
+
+
+def _train_on_shuffled_labels(model: nn.Module, x: torch.Tensor, labels: np.ndarray, roi_mask: Any, *, steps: int,
+                              patch: int, learning_rate: float, seed: int) -> tuple[nn.Module, float]:
+    """A re-initialised copy of ``model`` trained on ``labels`` shuffled inside ``roi_mask``."""
+    rng = np.random.default_rng(seed)
+    inside = np.ones(labels.shape, bool) if roi_mask is None else _check_mask(roi_mask, labels.shape, "roi_mask")
+    shuffled = labels.copy()
+    shuffled[inside] = rng.permutation(labels[inside])
+    y = torch.from_numpy(shuffled).float()
+    net = copy.deepcopy(model)
+    sizes = [min(patch, n) for n in labels.shape]
+    loss = torch.tensor(float("nan"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in net.modules():
+            if any(True for _ in module.parameters(recurse=False)):
+                _reinitialise(module)
+        optimiser = torch.optim.Adam(net.parameters(), lr=learning_rate)
+        net.train()
+        device = _device(net)
+        for _ in range(steps):
+            start = [int(rng.integers(0, n - s + 1)) for n, s in zip(labels.shape, sizes)]
+            box = tuple(slice(a, a + s) for a, s in zip(start, sizes))
+            logits = _lesion_logit(net(x[(slice(None),) + box][None].to(device)))
+            loss = F.binary_cross_entropy_with_logits(logits, y[box][None].to(device))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return net.eval(), float(loss.detach())
 
 
 def plot_randomization(tables: dict[str, Any], *, ax: Any = None, absolute: bool = False):
@@ -326,12 +567,19 @@ def lesion_region(mask: np.ndarray, lesion_id: int, *, connectivity: int = 26) -
     return labels == int(lesion_id)
 
 
-def example_targets(pred: np.ndarray, truth: np.ndarray, *, connectivity: int = 26) -> dict[str, np.ndarray]:
+def example_targets(pred: np.ndarray, truth: np.ndarray, *, brain_mask: np.ndarray | None = None,
+                    connectivity: int = 26) -> dict[str, np.ndarray]:
     """Regions worth explaining: the whole prediction and the largest true-positive lesion,
     false-positive lesion and missed (truth) lesion, where they exist (any-overlap matching).
 
+    With ``brain_mask``, also ``"background"``: a 6³ cube of healthy brain, more than 20 voxels
+    from any predicted or true lesion and 5 from the brain's edge: a target the model has no
+    reason to call lesion, whose map must differ from a lesion's.
+
     Introduced in notebook 05.
     """
+    from scipy import ndimage
+
     from .metrics import label_lesions
 
     pred, truth = np.asarray(pred) > 0, np.asarray(truth) > 0
@@ -343,6 +591,13 @@ def example_targets(pred: np.ndarray, truth: np.ndarray, *, connectivity: int = 
         if wanted:
             sizes = np.bincount(labels.ravel(), minlength=n + 1)
             targets[name] = labels == max(wanted, key=lambda k: sizes[k])
+    if brain_mask is not None:
+        brain = ndimage.binary_erosion(_check_mask(brain_mask, pred.shape, "brain_mask"), iterations=5)
+        healthy = brain & (ndimage.distance_transform_edt(~(pred | truth)) > 20)
+        if healthy.any():
+            centre = np.argwhere(healthy)[int(healthy.sum()) // 2]  # a reproducible pick
+            targets["background"] = np.zeros(pred.shape, dtype=bool)
+            targets["background"][tuple(slice(max(c - 3, 0), c + 3) for c in centre)] = True
     return targets
 
 
@@ -371,6 +626,7 @@ def plot_map(image: np.ndarray, heatmap: np.ndarray, *, contour: np.ndarray | No
     Introduced in notebook 05.
     """
     import matplotlib.pyplot as plt
+
     from .plots import _AXIS, auto_window, take_slice
 
     shown = normalize_for_display(heatmap)

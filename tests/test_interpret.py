@@ -1,4 +1,7 @@
-"""Tests of mstoolkit.interpret: Grad-CAM against captum, tiling, attributions; the checks that need the toy model."""
+"""Tests of mstoolkit.interpret on a toy network: HiResCAM and Grad-CAM against captum, tiling, attributions.
+
+Whether the maps are faithful for the reference U-Net: tests/test_interpret_checks.py.
+"""
 
 from __future__ import annotations
 
@@ -67,24 +70,40 @@ def _captum_grad_cam(model, inputs, region, layer, relu):
     return LayerAttribution.interpolate(found, SHAPE, interpolate_mode="trilinear")[0, 0].detach().numpy()
 
 
+def _captum_hires_cam(model, inputs, region, layer, relu):
+    from captum.attr import LayerAttribution, LayerGradientXActivation
+
+    weight = torch.from_numpy(region).float()
+    found = LayerGradientXActivation(lambda x: (model(x)[:, 0] * weight).sum(dim=(1, 2, 3)),
+                                     dict(model.named_modules())[layer]).attribute(torch.from_numpy(inputs)[None])
+    found = found.sum(1, keepdim=True)  # HiResCAM: gradient × activation summed over channels
+    found = torch.relu(found) if relu else found
+    return LayerAttribution.interpolate(found, SHAPE, interpolate_mode="trilinear")[0, 0].detach().numpy()
+
+
 @pytest.mark.parametrize("layer", ["enc", "down", "dec"])
 @pytest.mark.parametrize("relu", [True, False])
-def test_grad_cam_equals_captum_layer_grad_cam(toy, inputs, region, layer, relu):
-    ours = interpret.grad_cam(toy, inputs, target=region, layer=layer, relu=relu)
-    reference = _captum_grad_cam(toy, inputs, region, layer, relu)
+@pytest.mark.parametrize("method", ["grad_cam", "hires_cam"])
+def test_layer_maps_equal_captum(toy, inputs, region, layer, relu, method):
+    ours = getattr(interpret, method)(toy, inputs, target=region, layer=layer, relu=relu)
+    reference = (_captum_grad_cam if method == "grad_cam" else _captum_hires_cam)(toy, inputs, region, layer, relu)
     assert ours.shape == SHAPE and ours.dtype == np.float32
     assert np.abs(reference).max() > 1e-4  # a real map, not zeros
     np.testing.assert_allclose(ours, reference, atol=1e-5 * max(1.0, np.abs(reference).max()), rtol=0)
 
 
 def test_candidate_layers(toy):
-    assert interpret.candidate_layers(toy, in_channels=2) == {"encoder": "enc", "bottleneck": "down", "decoder": "dec"}
+    assert interpret.candidate_layers(toy, in_channels=2) == {"encoder": "enc", "bottleneck": "down", "decoder": "dec",
+                                                              "pre_head": "dec"}
     from mstoolkit.models import build_model
 
-    layers = interpret.candidate_layers(build_model("tiny_unet", in_channels=2, features=(4, 8, 16)))
-    modules = dict(build_model("tiny_unet", in_channels=2, features=(4, 8, 16)).named_modules())
-    assert layers["encoder"].startswith("encoders.0") and layers["bottleneck"].startswith("bottleneck")
-    assert layers["decoder"].startswith("decoders.1") and all(isinstance(modules[n], nn.Conv3d) for n in layers.values())
+    model = build_model("tiny_unet", in_channels=2, features=(4, 8, 16))
+    layers = interpret.candidate_layers(model)
+    # block outputs after their activation; the decoder one still has a level of 3x3x3 convolutions after it
+    assert layers == {"encoder": "encoders.0.5", "bottleneck": "bottleneck.5", "decoder": "decoders.0.5",
+                      "pre_head": "decoders.1.5"}
+    modules = dict(model.named_modules())
+    assert all(isinstance(modules[n], nn.LeakyReLU) for n in layers.values())
 
 
 def test_tiles_cover_the_volume_once():
@@ -103,6 +122,10 @@ def test_tiled_maps_match_the_whole_volume(toy):
     whole = interpret.grad_cam(toy, x, target=target, patch_size=(128, 128, 128))
     tiled = interpret.grad_cam(toy, x, target=target, patch_size=(48, 48, 48), margin=16)
     assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.98
+    for layer in ("enc", "down", "dec"):  # no normalisation, receptive field < margin: exact
+        whole = interpret.hires_cam(toy, x, target=target, layer=layer, relu=False, patch_size=(128, 128, 128))
+        tiled = interpret.hires_cam(toy, x, target=target, layer=layer, relu=False, patch_size=(48, 48, 48), margin=16)
+        np.testing.assert_allclose(tiled, whole, atol=1e-5 * np.abs(whole).max())
     for method in ("gradient_x_input", "integrated_gradients"):  # the toy's receptive field < margin: exact
         whole = interpret.input_attribution(toy, x, method=method, target=target, patch_size=(128, 128, 128), n_steps=4)
         tiled = interpret.input_attribution(toy, x, method=method, target=target, patch_size=(48, 48, 48), n_steps=4)
@@ -122,7 +145,7 @@ def test_integrated_gradients_completeness(toy, inputs, region):
                                         internal_batch_size=8)
     weight = torch.from_numpy(region).float()
     with torch.no_grad():
-        score = lambda v: float((toy(torch.from_numpy(v)[None])[0, 0] * weight).sum())  # noqa: E731
+        score = lambda v: float((toy(torch.from_numpy(v)[None])[0, 0] * weight).sum())
         change = score(inputs) - score(np.zeros_like(inputs))
     assert found.sum() == pytest.approx(change, rel=0.02)
 
@@ -141,22 +164,40 @@ def test_ignored_sequence_gets_no_attribution(toy, inputs, region):
     assert table["attribution_share"].sum() == pytest.approx(1.0)
 
 
-def test_modes_are_restored_and_dropout_is_off(toy, inputs, region):
+@pytest.mark.parametrize("method", ["grad_cam", "hires_cam"])
+def test_modes_are_restored_and_dropout_is_off(toy, inputs, region, method):
     toy.train()
-    first = interpret.grad_cam(toy, inputs, target=region)
-    second = interpret.grad_cam(toy, inputs, target=region)
+    first = getattr(interpret, method)(toy, inputs, target=region)
+    second = getattr(interpret, method)(toy, inputs, target=region)
     np.testing.assert_array_equal(first, second)  # dropout off while explaining
     assert toy.training and toy.drop.training
 
 
+def test_prediction_target_and_roi_mask(toy, inputs):
+    brain = np.zeros(SHAPE, bool)
+    brain[4:28, 2:14, 6:40] = True
+    with torch.no_grad():
+        predicted = toy(torch.from_numpy(inputs)[None])[0, 0].numpy() > 0
+    found = interpret.hires_cam(toy, inputs, target="prediction", relu=False)
+    np.testing.assert_allclose(found, interpret.hires_cam(toy, inputs, target=predicted, relu=False), atol=1e-6)
+    inside = interpret.hires_cam(toy, inputs, target="prediction", roi_mask=brain)
+    assert inside[~brain].max() == 0 and inside[brain].max() > 0
+
+
 def test_randomization_decorrelates_grad_cam(toy, inputs, region):
+    # the toy has no normalisation layer, so Grad-CAM is not degenerate here
     table = interpret_checks.randomization_test(toy, inputs, "grad_cam", region, layer="dec")
     assert list(table["randomised_to"]) == ["none", "head", "dec", "up", "down", "enc"]
     assert table["spearman"].iloc[0] == 1.0 and table["spearman"].iloc[-1] < 0.3
+    near = interpret_checks.randomization_test(toy, inputs, "hires_cam", region, layer="up", within=3, steps=1)
+    assert len(near) == 2 and near["spearman"].iloc[-1] < 0.3
     merged = interpret_checks.randomization_test(toy, inputs, "gradient_x_input", region, steps=2)
     assert len(merged) == 3 and merged["randomised_to"].iloc[-1] == "enc"
     assert torch.isfinite(toy.head.weight).all()  # the original model is untouched
-    ax = interpret_checks.plot_randomization({"Grad-CAM": table, "gradient × input": merged})
+    shuffled = interpret_checks.data_randomization_test(toy, inputs, region, "hires_cam", region, layer="dec",
+                                                        train_steps=3, patch=16)
+    assert abs(shuffled["spearman"]) < 0.5 and np.isfinite(shuffled["final_loss"])
+    ax = interpret_checks.plot_randomization({"HiResCAM": table, "gradient × input": merged})
     assert ax.get_title().startswith("Cascading")
 
 
@@ -177,5 +218,9 @@ def test_errors(toy, inputs, region):
         interpret.input_attribution(toy, inputs, method="occlusion")
     with pytest.raises(MSToolkitInputError, match="multiples of 2"):
         interpret.grad_cam(toy, inputs, target=region, patch_size=(41, 41, 41))
-    with pytest.raises(MSToolkitInputError, match="allowed: grad_cam"):
+    with pytest.raises(MSToolkitInputError, match="allowed: hires_cam, grad_cam, integrated_gradients"):
         interpret_checks.randomization_test(toy, inputs, "guided_backprop", region)
+    with pytest.raises(MSToolkitInputError, match="allowed: hires_cam"):
+        interpret_checks.data_randomization_test(toy, inputs, region, "lime", region)
+    with pytest.raises(MSToolkitInputError, match="'target' has shape"):
+        interpret_checks.grad_cam_weights(toy, inputs, target=region[:4])
