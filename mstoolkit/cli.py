@@ -42,7 +42,7 @@ def _add_data(sub) -> None:
     p = dsub.add_parser("prepare", help="build the phantom data the notebooks use (before a workshop, on Binder)")
     p.add_argument("--profile", default="workshop", choices=["quick", "workshop", "full"])
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=_handler("datasets", "cli_prepare"))
+    p.set_defaults(run=_handler("phantom_dataset", "cli_prepare"))
 
     p = dsub.add_parser("phantom", help="generate the synthetic MS phantom dataset")
     p.add_argument("--out", required=True, help="output folder (BIDS-like layout)")
@@ -57,7 +57,7 @@ def _add_data(sub) -> None:
     p.set_defaults(run=_handler("phantom_dataset", "cli_phantom"))
 
     p = dsub.add_parser("list", help="list the datasets the toolkit knows")
-    p.set_defaults(run=_handler("download", "cli_list"))
+    p.set_defaults(run=_handler("data_commands", "cli_list"))
 
     p = dsub.add_parser("download", help="download a public dataset (checksummed, resumable)")
     p.add_argument("name", help="dataset name, see `mstoolkit data list`")
@@ -69,13 +69,13 @@ def _add_data(sub) -> None:
     p.add_argument("--patients", nargs="+", default=None, help="patient numbers to fetch, e.g. 7 26 or patient07")
     p.add_argument("--mirror", default=None, help="base URL replacing the upstream one (http(s):// or file://)")
     p.add_argument("--no-convert", action="store_true", help="keep the upstream layout only")
-    p.set_defaults(run=_handler("download", "cli_download"))
+    p.set_defaults(run=_handler("data_commands", "cli_download"))
 
     p = dsub.add_parser("import", help="convert a dataset you downloaded yourself (registration-only datasets)")
     p.add_argument("name", help="dataset name, see `mstoolkit data list`")
     p.add_argument("path", help="the archive or folder you downloaded")
     p.add_argument("--dest", required=True, help="destination folder")
-    p.set_defaults(run=_handler("importers", "cli_import"))
+    p.set_defaults(run=_handler("data_commands", "cli_import"))
 
 
 def _add_notebooks(sub) -> None:

@@ -27,8 +27,6 @@ __all__ = [
     "load_cases",
     "bids_paths",
     "default_data_dir",
-    "phantom_dir",
-    "ensure_phantom",
     "real_sample_dir",
     "SHIPPED_SAMPLE",
     "ROLES",
@@ -36,7 +34,6 @@ __all__ = [
     "SUBJECT_SPLITS",
     "subject_split",
     "NOTEBOOK_SUBJECTS",
-    "cli_prepare",
 ]
 
 _Item = TypeVar("_Item")
@@ -275,34 +272,6 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("MSTOOLKIT_DATA", Path.home() / ".cache" / "mstoolkit")).expanduser()
 
 
-def phantom_dir(n_subjects: int, seed: int, *, longitudinal: bool = False) -> Path:
-    """Cache folder of a phantom dataset with these settings."""
-    kind = "phantom-long" if longitudinal else "phantom"
-    return default_data_dir() / f"{kind}-n{n_subjects}-seed{seed}"
-
-
-def ensure_phantom(
-    data_dir: str | os.PathLike | None = None,
-    *,
-    n_subjects: int = 4,
-    seed: int = 0,
-    longitudinal: bool = False,
-    **phantom_options,
-) -> Path:
-    """Return a folder holding a phantom dataset, generating it first if needed.
-
-    Notebooks call this so they run on a fresh machine with no download: the
-    phantom is built from templates shipped inside nilearn's wheel.
-    """
-    from .phantom_dataset import generate_dataset
-
-    out = Path(data_dir) if data_dir is not None else phantom_dir(n_subjects, seed, longitudinal=longitudinal)
-    if (out / "participants.tsv").exists():
-        return out
-    generate_dataset(out, n_subjects=n_subjects, seed=seed, longitudinal=longitudinal, **phantom_options)
-    return out
-
-
 def real_sample_dir() -> Path:
     """The real open_ms_data sample: the copy shipped inside the package, or ``$MSTOOLKIT_REAL_SAMPLE``.
 
@@ -320,15 +289,3 @@ def real_sample_dir() -> Path:
                                       "point it at an open_ms_data download or unset it to use the shipped sample.")
         return chosen
     return SHIPPED_SAMPLE
-
-
-def cli_prepare(args) -> int:
-    """``mstoolkit data prepare``: build the data the notebooks use at a profile (Binder, workshops)."""
-    from .exercises import PROFILES
-
-    if args.profile not in PROFILES:
-        raise MSToolkitInputError(f"'profile' must be one of {', '.join(PROFILES)}, got {args.profile!r}.")
-    for n_subjects in NOTEBOOK_SUBJECTS[args.profile]:
-        path = ensure_phantom(n_subjects=n_subjects, seed=args.seed)
-        print(f"phantom with {n_subjects} subjects ready in {path}")
-    return 0

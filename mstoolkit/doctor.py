@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["detect_platform", "describe_device", "runtime_summary", "describe_runtime", "release_memory", "collect_report",
+__all__ = ["detect_platform", "describe_device", "runtime_summary", "describe_runtime", "collect_report",
            "cli_doctor"]
 
 _PACKAGES = (
@@ -29,25 +29,6 @@ def detect_platform() -> str:
     if os.environ.get("BINDER_SERVICE_HOST") or os.environ.get("BINDER_REQUEST") or os.environ.get("BINDER_LAUNCH_HOST"):
         return "binder"
     return "local"
-
-
-def release_memory() -> None:
-    """Give memory that Python has freed back to the operating system.
-
-    On Linux, glibc keeps freed blocks of many arrays for reuse instead of returning them,
-    so a kernel's resident memory stays at its peak after ``del``: ~700 MB after notebook
-    03's training, enough to push a 2 GB Binder kernel over its limit later. ``malloc_trim``
-    returns them. Elsewhere (macOS, Windows, musl) this only runs the garbage collector.
-    """
-    import ctypes
-    import gc
-
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
 
 
 def describe_device() -> str:

@@ -31,7 +31,7 @@ from urllib.request import url2pathname
 
 from . import __version__
 from .datasets import bids_paths, default_data_dir
-from .fetch import _CHUNK, DownloadError, download_file, file_digest
+from .fetch import CHUNK_BYTES, DownloadError, download_file
 from .io import MSToolkitInputError
 
 __all__ = [
@@ -41,8 +41,12 @@ __all__ = [
     "load_manifest",
     "select_files",
     "download_dataset",
-    "cli_list",
-    "cli_download",
+    "mirror_base_url",
+    "place_file",
+    "print_about",
+    "write_about",
+    "write_participants",
+    "write_text_atomic",
 ]
 
 #: Datasets the toolkit knows; each has ``data_download/NAME.json``.
@@ -137,7 +141,7 @@ def select_files(manifest: dict, *, subsets: list[str] | None = None, patients: 
 # --------------------------------------------------------------------------- writing a dataset
 
 
-def _place(source: Path, target: Path, *, move: bool) -> None:
+def place_file(source: Path, target: Path, *, move: bool) -> None:
     """Put ``source`` at ``target`` (atomically): gzip ``.nii``, else move, hard-link or copy."""
     if target.exists() and os.path.samefile(source, target):
         return  # already linked by an earlier run
@@ -145,7 +149,7 @@ def _place(source: Path, target: Path, *, move: bool) -> None:
     temporary = target.with_name(target.name + ".part")
     if source.suffix == ".nii" and target.name.endswith(".nii.gz"):
         with open(source, "rb") as src, gzip.open(temporary, "wb", compresslevel=6) as out:
-            shutil.copyfileobj(src, out, _CHUNK)
+            shutil.copyfileobj(src, out, CHUNK_BYTES)
     elif move:
         os.replace(source, target)
         return
@@ -158,19 +162,20 @@ def _place(source: Path, target: Path, *, move: bool) -> None:
     os.replace(temporary, target)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
     temporary = path.with_name(path.name + ".part")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
 
 
-def _write_about(dest: Path, manifest: dict, note: str = "") -> None:
+def write_about(dest: Path, manifest: dict, note: str = "") -> None:
     """LICENSE.md and CITATION.md beside the data, and a BIDS dataset_description.json."""
     dest.mkdir(parents=True, exist_ok=True)
     source = manifest.get("homepage", "")
-    _write_text(dest / "LICENSE.md", f"# Licence of {manifest['name']}\n\n{manifest['licence']}\n\nSource: {source}\n")
+    write_text_atomic(dest / "LICENSE.md", f"# Licence of {manifest['name']}\n\n{manifest['licence']}\n\nSource: {source}\n")
     cites = "\n".join(f"- {c}" for c in manifest["citation"])
-    _write_text(dest / "CITATION.md", f"# Cite {manifest['name']}\n\nAny work using these data must cite:\n\n{cites}\n")
+    write_text_atomic(dest / "CITATION.md", f"# Cite {manifest['name']}\n\nAny work using these data must cite:\n\n{cites}\n")
     if note:
         description = {
             "Name": f"{manifest['name']} ({note})",
@@ -182,16 +187,16 @@ def _write_about(dest: Path, manifest: dict, note: str = "") -> None:
             "GeneratedBy": [{"Name": "mstoolkit", "Version": __version__, "Description": note}],
             "SourceDatasets": [{"URL": source, "Version": manifest.get("commit", "")}],
         }
-        _write_text(dest / "dataset_description.json", json.dumps(description, indent=2) + "\n")
+        write_text_atomic(dest / "dataset_description.json", json.dumps(description, indent=2) + "\n")
 
 
-def _write_participants(dest: Path, rows: list[dict]) -> None:
+def write_participants(dest: Path, rows: list[dict]) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = io.StringIO()
     writer = csv.DictWriter(table, columns, delimiter="\t", restval="n/a", lineterminator="\n")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["participant_id"]))
-    _write_text(dest / "participants.tsv", table.getvalue())
+    write_text_atomic(dest / "participants.tsv", table.getvalue())
 
 
 # --------------------------------------------------------------------------- open_ms_data
@@ -244,17 +249,18 @@ def _convert_open_ms(dest: Path, group: str, space: str, manifest: dict) -> Path
         # the sample keeps masks of patients whose images it lacks: those are no case
         if any("_mask" not in target.name for _, target in pairs):
             for source, target in pairs:
-                _place(source, target, move=False)
+                place_file(source, target, move=False)
             source_id = f"{group}/{space}/{patient.name}"
             rows.append({"participant_id": subject, "source_id": source_id, **table.get(number, {})})
     if not rows:
         return None
-    _write_about(out, manifest, note=f"{group}/{space} indexed into the toolkit layout")
-    _write_participants(out, rows)
+    write_about(out, manifest, note=f"{group}/{space} indexed into the toolkit layout")
+    write_participants(out, rows)
     return out
 
 
-def _base_url(mirror: str | None, default: str) -> str:
+def mirror_base_url(mirror: str | None, default: str) -> str:
+    """The base URL files are fetched from: ``mirror`` (a URL or a local folder) when given, else ``default``."""
     if mirror is None:
         return default
     if "://" not in mirror and Path(mirror).is_dir():
@@ -306,7 +312,7 @@ def download_dataset(
 
     dest = Path(dest) if dest is not None else dataset_dir(name)
     entries = select_files(manifest, subsets=subsets, patients=patients)
-    base = _base_url(mirror, manifest["base_url"])
+    base = mirror_base_url(mirror, manifest["base_url"])
     report = DownloadReport(dest=dest)
     known = sum(e["bytes"] or 0 for e in entries)
     with tqdm(total=known or None, unit="B", unit_scale=True, desc=name, leave=False) as bar:
@@ -321,7 +327,7 @@ def download_dataset(
                 report.failed[path] = str(err)
                 continue
             {"cached": report.cached, "downloaded": report.downloaded, "missing": report.missing}[status].append(path)
-    _write_about(dest, manifest)
+    write_about(dest, manifest)
     if convert:
         folders = {tuple(e["path"].split("/")[:2]) for e in entries if _subset_of(e["path"])}
         for group, space in sorted(folders & set(_OPEN_MS_FILES)):
@@ -330,67 +336,8 @@ def download_dataset(
     return report
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def _print_about(manifest: dict, dest: Path) -> None:
+def print_about(manifest: dict, dest: Path) -> None:
+    """Print a dataset's licence and citations, and where they were saved."""
     print(f"Licence: {manifest['licence']}")
     print("Cite:\n" + "\n".join(f"  - {c}" for c in manifest["citation"]))
     print(f"(saved in {dest / 'LICENSE.md'} and {dest / 'CITATION.md'})")
-
-
-def cli_list(args) -> int:
-    """``mstoolkit data list``: the datasets, how to get them, their licence."""
-    for name in DATASETS:
-        manifest = load_manifest(name)
-        access = "register, then `data import`" if manifest["registration_required"] else "`data download`"
-        print(f"{name:13s} {access:29s} {manifest['title']}\n{'':13s} licence: {manifest['licence']}")
-    return 0
-
-
-def cli_download(args) -> int:
-    """``mstoolkit data download NAME``: fetch, verify, index; or print the registration steps."""
-    manifest = load_manifest(args.name)
-    dest = Path(args.dest) if args.dest else dataset_dir(args.name)
-    if manifest["registration_required"]:
-        print(f"{args.name} needs registration; it cannot be downloaded automatically. Steps:")
-        print("\n".join(f"  {i}. {step}" for i, step in enumerate(manifest["steps"], 1)))
-        return 1
-    if args.name != "open_ms_data" and (args.subset or args.patients):
-        raise MSToolkitInputError(f"'--subset' and '--patients' apply to open_ms_data only, not to {args.name}.")
-    try:
-        if args.name == "mslesseg":
-            archive = manifest["archive"]
-            url = _base_url(args.mirror, "") + quote(archive["filename"]) if args.mirror else archive["url"]
-            target = dest / "download" / archive["filename"]
-            if download_file(url, target, sha256=archive["sha256"], size=archive["bytes"]) == "missing":
-                raise DownloadError(f"{url} not found")
-            if not archive["sha256"]:
-                print(f"note: no checksum is pinned for '{archive['filename']}' in mslesseg.json; "
-                      f"its SHA-256 is {file_digest(target)}", file=sys.stderr)
-            from .importers import import_dataset  # importers builds on this module
-
-            import_dataset(args.name, target, dest)
-        else:
-            report = download_dataset(args.name, dest, subsets=args.subset, patients=args.patients,
-                                      mirror=args.mirror, convert=not args.no_convert)
-    except DownloadError as err:
-        print(f"mstoolkit data download: error: {err}", file=sys.stderr)
-        return 1
-    if args.name != "mslesseg":
-        print(f"{args.name}: {len(report.downloaded)} downloaded, {len(report.cached)} already present, "
-              f"{len(report.missing)} not available, {len(report.failed)} failed → {dest}")
-        if report.missing:
-            more = len(report.missing) - 10
-            shown = "\n  ".join(report.missing[:10]) + (f"\n  … and {more} more" if more > 0 else "")
-            print(f"Not available from {args.mirror or 'upstream'} (skipped):\n  {shown}", file=sys.stderr)
-        for path, problem in report.failed.items():
-            print(f"FAILED {path}: {problem}", file=sys.stderr)
-        if (dest / "cross_sectional" / "MNI").is_dir():
-            print(f"notebooks: DATASET = 'open_ms_data', DATA_DIR = '{dest}' (cross-sectional MNI cases)")
-        for subset, folder in report.converted.items():
-            print(f"toolkit layout ({subset}): DATA_DIR = '{folder}'")
-        if report.failed or (report.missing and not args.mirror):
-            return 1
-    _print_about(manifest, dest)
-    return 0

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 RETRIES = 3  # extra attempts after the first, with exponential backoff
 BACKOFF_S = 1.0
 TIMEOUT_S = 30.0
-_CHUNK = 1 << 20
+CHUNK_BYTES = 1 << 20  # read and write files in 1 MiB pieces
 _OFFLINE_HINT = "check your connection, or use --mirror URL pointing at a copy (see data_download/README.md)"
 
 
@@ -59,7 +59,7 @@ def file_digest(path: str | os.PathLike, kind: str = "sha256") -> str:
     else:
         raise MSToolkitInputError(f"'kind' must be 'sha256' or 'git_blob_sha1', got '{kind}'.")
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -86,7 +86,7 @@ def _fetch(url: str, part: Path, progress) -> bool:
         part.parent.mkdir(parents=True, exist_ok=True)
         with open(source, "rb") as src, open(part, "ab" if offset <= source.stat().st_size else "wb") as out:
             src.seek(offset if out.tell() else 0)
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
+            for chunk in iter(lambda: src.read(CHUNK_BYTES), b""):
                 out.write(chunk)
                 progress.update(len(chunk))
         return True
@@ -110,7 +110,7 @@ def _fetch(url: str, part: Path, progress) -> bool:
         received = 0
         part.parent.mkdir(parents=True, exist_ok=True)
         with open(part, "ab" if resumed else "wb") as out:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
+            for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                 out.write(chunk)
                 received += len(chunk)
                 progress.update(len(chunk))

@@ -13,23 +13,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 from .archives import extract_archive
 from .datasets import bids_paths
 from .download import (
-    _place,
-    _print_about,
-    _write_about,
-    _write_participants,
     download_dataset,
     load_manifest,
+    place_file,
+    write_about,
+    write_participants,
 )
 from .fetch import DownloadError
 from .io import MSToolkitInputError
 
-__all__ = ["import_dataset", "cli_import"]
+__all__ = ["import_dataset"]
 
 
 def _find(root: Path, pattern: str) -> list[tuple[re.Match, Path]]:
@@ -51,7 +49,7 @@ def _import_mslesseg(root: Path, out: Path, move: bool) -> list[dict]:
         split, number, timepoint, kind = match.groups()
         subject = f"sub-P{int(number):02d}"
         session = f"ses-{int(timepoint):02d}" if timepoint else None
-        _place(path, bids_paths(out, subject, session)[keys[kind.upper()]], move=move)
+        place_file(path, bids_paths(out, subject, session)[keys[kind.upper()]], move=move)
         rows[subject] = {"participant_id": subject, "source_id": f"P{int(number)}", "split": split.lower()}
     return list(rows.values())
 
@@ -72,7 +70,7 @@ def _import_isbi2015(root: Path, out: Path, move: bool) -> list[dict]:
             "mask1": paths["mask"],  # rater 1 is the toolkit's mask; rater 2 is kept beside it
             "mask2": anat / f"{stem}_label-lesion_desc-rater2_mask.nii.gz",
         }.get(kind.lower()) or paths[keys[kind.lower()]]
-        _place(path, target, move=move)
+        place_file(path, target, move=move)
         rows[subject] = {"participant_id": subject, "source_id": f"{split}{number}", "split": split.lower()}
     return list(rows.values())
 
@@ -94,7 +92,7 @@ def _import_msseg1(root: Path, out: Path, move: bool) -> list[dict]:
         elif (rater := re.fullmatch(r"manualsegmentation_(\d+)", kind.lower())):
             target = paths["mask"].with_name(f"{subject}_label-lesion_desc-rater{rater.group(1)}_mask.nii.gz")
         if target is not None:
-            _place(path, target, move=move)
+            place_file(path, target, move=move)
             rows[subject] = {"participant_id": subject, "source_id": path.parent.parent.relative_to(root).as_posix()}
     return list(rows.values())
 
@@ -110,7 +108,7 @@ def _import_msseg2(root: Path, out: Path, move: bool) -> list[dict]:
         else:
             desc = f"_desc-expert{expert}" if expert else ""
             target = out / subject / f"{subject}_label-change{desc}_mask.nii.gz"
-        _place(path, target, move=move)
+        place_file(path, target, move=move)
         rows[subject] = {"participant_id": subject, "source_id": patient}
     return list(rows.values())
 
@@ -152,19 +150,6 @@ def import_dataset(name: str, source: str | os.PathLike, dest: str | os.PathLike
         shutil.rmtree(scratch, ignore_errors=True)
     if not rows:
         raise MSToolkitInputError(f"No {name} images found in '{source}'. Expected: {manifest['layout']}.")
-    _write_about(dest, manifest, note=f"imported from {source.name}")
-    _write_participants(dest, rows)
+    write_about(dest, manifest, note=f"imported from {source.name}")
+    write_participants(dest, rows)
     return dest
-
-
-
-def cli_import(args) -> int:
-    """``mstoolkit data import NAME PATH --dest DIR``: convert what you downloaded."""
-    try:
-        dest = import_dataset(args.name, args.path, args.dest)
-    except DownloadError as err:
-        print(f"mstoolkit data import: error: {err}", file=sys.stderr)
-        return 1
-    print(f"{args.name} imported into {dest} (DATA_DIR = '{dest}')")
-    _print_about(load_manifest(args.name), dest)
-    return 0

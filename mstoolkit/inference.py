@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .doctor import release_memory
+from .runtime import pick_device, release_memory
 from .io import Case, MSToolkitInputError, bounding_box, spacing_from_affine
 
 __all__ = ["brain_region", "prepare_inputs", "check_model_inputs", "predict", "remove_small_lesions", "lesion_report", "segment_files", "cli_segment"]
@@ -133,8 +133,6 @@ def predict(
     Introduced in notebook 03.
     """
     from .models import model_in_channels
-    from .train import pick_device
-
     if threshold is None:
         threshold = float(getattr(model, "threshold", 0.5))
     if min_lesion_mm3 is None:

@@ -627,10 +627,10 @@ def plot_map(image: np.ndarray, heatmap: np.ndarray, *, contour: np.ndarray | No
     """
     import matplotlib.pyplot as plt
 
-    from .plots import _AXIS, auto_window, take_slice
+    from .plots import PLANE_AXIS, auto_window, take_slice
 
     shown = normalize_for_display(heatmap)
-    axis = _AXIS[plane]
+    axis = PLANE_AXIS[plane]
     if index is None:
         index = int(np.argmax(shown.sum(axis=tuple(a for a in range(3) if a != axis))))
     if ax is None:

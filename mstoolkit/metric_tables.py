@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .io import MSToolkitInputError, bounding_box
-from .metrics import _check_options, _check_spacing, _lesions, _prepare, evaluate
+from .metrics import check_metric_options, check_spacing, match_lesions, prepare_masks, evaluate
 
 __all__ = ["evaluate_cohort", "lesion_table", "metrics_by_lesion_size"]
 
@@ -50,14 +50,14 @@ def lesion_table(
     import cc3d
     import pandas as pd
 
-    _check_options(connectivity, matching, "pooled", iou_threshold, alpha, beta, gamma, min_lesion_mm3)
-    spacing = _check_spacing(spacing)
-    pred, truth, _ = _prepare(pred, truth, brain_mask)
+    check_metric_options(connectivity, matching, "pooled", iou_threshold, alpha, beta, gamma, min_lesion_mm3)
+    spacing = check_spacing(spacing)
+    pred, truth, _ = prepare_masks(pred, truth, brain_mask)
     box = bounding_box(pred | truth, margin=1)
     offset = np.zeros(3) if box is None else np.array([s.start for s in box], dtype=float)
     if box is not None:
         pred, truth = pred[box], truth[box]
-    truth_labels, pred_labels, found = _lesions(
+    truth_labels, pred_labels, found = match_lesions(
         pred, truth, float(np.prod(spacing)), connectivity=connectivity, min_lesion_mm3=min_lesion_mm3,
         matching=matching, iou_threshold=iou_threshold, alpha=alpha, beta=beta, gamma=gamma)
     inner = found["overlap"][1:, 1:]

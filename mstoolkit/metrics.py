@@ -81,7 +81,7 @@ ANIMA_MIN_LESION_MM3 = 3.0
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     try:
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
@@ -91,7 +91,7 @@ def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _as_mask(array: np.ndarray, name: str) -> np.ndarray:
+def as_mask(array: np.ndarray, name: str) -> np.ndarray:
     """A 3D bool view of a binary mask; raise with the fix if it is not one."""
     array = np.asarray(array)
     if array.ndim != 3:
@@ -106,15 +106,15 @@ def _as_mask(array: np.ndarray, name: str) -> np.ndarray:
     return check_binary_mask(array, name).astype(bool)
 
 
-def _prepare(pred: np.ndarray, truth: np.ndarray, brain_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
-    pred, truth = _as_mask(pred, "pred"), _as_mask(truth, "truth")
+def prepare_masks(pred: np.ndarray, truth: np.ndarray, brain_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+    pred, truth = as_mask(pred, "pred"), as_mask(truth, "truth")
     if pred.shape != truth.shape:
         raise MSToolkitInputError(
             f"'pred' has shape {pred.shape} but 'truth' has shape {truth.shape}; they must be on the same grid."
         )
     n_voxels = pred.size
     if brain_mask is not None:
-        brain = _as_mask(brain_mask, "brain_mask")
+        brain = as_mask(brain_mask, "brain_mask")
         if brain.shape != truth.shape:
             raise MSToolkitInputError(f"'brain_mask' has shape {brain.shape}, expected {truth.shape} like the masks.")
         pred, truth, n_voxels = pred & brain, truth & brain, int(np.count_nonzero(brain))
@@ -137,7 +137,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
     Introduced in notebook 04 (metrics).
     """
-    pred, truth = _as_mask(pred, "pred"), _as_mask(truth, "truth")
+    pred, truth = as_mask(pred, "pred"), as_mask(truth, "truth")
     if pred.shape != truth.shape:
         raise MSToolkitInputError(f"'pred' has shape {pred.shape} but 'truth' has shape {truth.shape}.")
     overlap = np.count_nonzero(pred & truth)
@@ -181,7 +181,7 @@ def ndsc(pred: np.ndarray, truth: np.ndarray, *, r: float = 0.001, brain_mask: n
     """
     if not 0 < r < 1:
         raise MSToolkitInputError(f"'r' must be between 0 and 1 (a lesion-load fraction), got {r}.")
-    pred, truth, n_voxels = _prepare(pred, truth, brain_mask)
+    pred, truth, n_voxels = prepare_masks(pred, truth, brain_mask)
     tp = np.count_nonzero(pred & truth)
     fp, fn = np.count_nonzero(pred) - tp, np.count_nonzero(truth) - tp
     return ndsc_from_counts(tp, fp, fn, n_truth=tp + fn, n_voxels=n_voxels, r=r)
@@ -213,8 +213,8 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray, *, spacing: Sequence[
     """
     from scipy.spatial import cKDTree
 
-    spacing_arr = np.asarray(_check_spacing(spacing))
-    pred, truth = _as_mask(pred, "pred"), _as_mask(truth, "truth")
+    spacing_arr = np.asarray(check_spacing(spacing))
+    pred, truth = as_mask(pred, "pred"), as_mask(truth, "truth")
     if pred.shape != truth.shape:
         raise MSToolkitInputError(f"'pred' has shape {pred.shape} but 'truth' has shape {truth.shape}.")
     if not pred.any() or not truth.any():
@@ -255,7 +255,7 @@ def hd95(
     """
     if mode not in HD_MODES:
         raise MSToolkitInputError(f"'mode' must be one of {', '.join(HD_MODES)}, got {mode!r}.")
-    pred, truth = _as_mask(pred, "pred"), _as_mask(truth, "truth")
+    pred, truth = as_mask(pred, "pred"), as_mask(truth, "truth")
     pred_any, truth_any = bool(pred.any()), bool(truth.any())
     if not pred_any and not truth_any:
         return 0.0
@@ -284,8 +284,8 @@ def label_lesions(
     """
     if connectivity not in (6, 18, 26):
         raise MSToolkitInputError(f"'connectivity' must be 6, 18 or 26, got {connectivity!r}.")
-    voxel_mm3 = float(np.prod(_check_spacing(spacing)))
-    labels = _label(_as_mask(mask, "mask"), connectivity)
+    voxel_mm3 = float(np.prod(check_spacing(spacing)))
+    labels = _label(as_mask(mask, "mask"), connectivity)
     return _remove_small(labels, voxel_mm3, min_lesion_mm3, at_most=None)
 
 
@@ -358,7 +358,7 @@ def _match(truth_labels: np.ndarray, n_truth: int, pred_labels: np.ndarray, n_pr
             "truth_hit": truth_hit, "pred_hit": pred_hit}
 
 
-def _check_options(connectivity: int, matching: str, hd_mode: str, iou_threshold: float, alpha: float, beta: float,
+def check_metric_options(connectivity: int, matching: str, hd_mode: str, iou_threshold: float, alpha: float, beta: float,
                    gamma: float, min_lesion_mm3: float) -> None:
     if connectivity not in (6, 18, 26):
         raise MSToolkitInputError(f"'connectivity' must be 6, 18 or 26, got {connectivity!r}.")
@@ -373,7 +373,7 @@ def _check_options(connectivity: int, matching: str, hd_mode: str, iou_threshold
         raise MSToolkitInputError(f"'min_lesion_mm3' must be 0 or more, got {min_lesion_mm3!r}.")
 
 
-def _lesions(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float, *, connectivity: int, min_lesion_mm3: float,
+def match_lesions(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float, *, connectivity: int, min_lesion_mm3: float,
              matching: str, **thresholds: float) -> tuple[np.ndarray, np.ndarray, dict]:
     at_most = ANIMA_MIN_LESION_MM3 if matching == "anima" else None
     truth_labels, n_truth = _remove_small(_label(truth, connectivity), voxel_mm3, min_lesion_mm3, at_most=at_most)
@@ -432,9 +432,9 @@ def evaluate(
 
     Introduced in notebook 04 (metrics).
     """
-    _check_options(connectivity, matching, hd_mode, iou_threshold, alpha, beta, gamma, min_lesion_mm3)
-    spacing = _check_spacing(spacing)
-    pred, truth, n_voxels = _prepare(pred, truth, brain_mask)
+    check_metric_options(connectivity, matching, hd_mode, iou_threshold, alpha, beta, gamma, min_lesion_mm3)
+    spacing = check_spacing(spacing)
+    pred, truth, n_voxels = prepare_masks(pred, truth, brain_mask)
     voxel_mm3 = float(np.prod(spacing))
     box = bounding_box(pred | truth, margin=1)
     if box is not None:  # everything below only needs the box around both masks
@@ -450,7 +450,7 @@ def evaluate(
         "precision": _ratio(tp, n_pred),
     }
 
-    _, _, found = _lesions(pred, truth, voxel_mm3, connectivity=connectivity, min_lesion_mm3=min_lesion_mm3,
+    _, _, found = match_lesions(pred, truth, voxel_mm3, connectivity=connectivity, min_lesion_mm3=min_lesion_mm3,
                            matching=matching, iou_threshold=iou_threshold, alpha=alpha, beta=beta, gamma=gamma)
     lesions_truth, lesions_pred = len(found["truth_sizes"]), len(found["pred_sizes"])
     lesion_tp, lesion_tp_pred = int(found["truth_hit"].sum()), int(found["pred_hit"].sum())

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .doctor import release_memory
+from .runtime import pick_device, release_memory
 from .io import MSToolkitInputError
 
 __all__ = [
@@ -330,8 +330,6 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
 
     Introduced in notebook 03; notebooks 04–06 load the reference model with it.
     """
-    from .train import pick_device
-
     device = pick_device(device, verbose=False)
     shipped = str(source) == "reference"
     exported = REFERENCE_DIR if shipped else Path(source)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .io import MSToolkitInputError
-from .registration import _check_mask
+from .registration import check_optional_mask
 
 __all__ = [
     "NORMALIZATIONS",
@@ -35,7 +35,7 @@ _NYUL_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
 def _foreground(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Voxels the statistics use: the mask, or the non-zero voxels when there is none."""
     if mask is not None:
-        return _check_mask(mask, image.shape, "mask").astype(bool)
+        return check_optional_mask(mask, image.shape, "mask").astype(bool)
     foreground = image != 0
     if not foreground.any():
         raise MSToolkitInputError("the image is all zeros: there is nothing to normalise.")

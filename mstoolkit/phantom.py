@@ -27,22 +27,22 @@ from scipy import ndimage as ndi
 from . import __version__
 from .io import Case, MSToolkitInputError
 from .phantom_anatomy import (
-    _CENTRE,
+    MNI_CENTRE_VOXEL,
     MNI_AFFINE,
     MNI_SHAPE,
-    _anatomy,
-    _noise_volume,
-    _rotation,
-    _smooth_field,
-    _template,
+    individual_anatomy,
+    noise_volume,
+    rotation_matrix,
+    smooth_field,
+    load_template,
 )
 from .phantom_lesions import (
-    _MAX_COUNT,
-    _check_real_mask_name,
-    _Lesion,
-    _rasterise,
-    _real_lesions,
-    _sample_lesions,
+    MAX_LESION_COUNT,
+    check_real_mask_name,
+    OvoidLesion,
+    rasterise_lesions,
+    real_mask_lesions,
+    sample_lesions,
 )
 
 __all__ = [
@@ -86,7 +86,7 @@ _SNR_FACTOR = {"FLAIR": 1.0, "T1": 1.6, "T1CE": 1.6, "T2": 1.2}
 
 def _tissue_with_lesions(anatomy: dict, fraction: np.ndarray) -> dict:
     """Per-voxel (domain) tissue fractions once lesions replace white (then grey) matter."""
-    idx = _template()["domain"]
+    idx = load_template()["domain"]
     gm, wm, csf = (anatomy[k].flat[idx] for k in ("gm", "wm", "csf"))
     strip = anatomy["strip"].flat[idx]
     lesion = fraction.flat[idx] * np.clip(wm + 0.7 * gm, 0.0, 1.0) * strip
@@ -94,11 +94,11 @@ def _tissue_with_lesions(anatomy: dict, fraction: np.ndarray) -> dict:
     return {"gm": gm - (lesion - from_wm), "wm": wm - from_wm, "csf": csf, "lesion": lesion, "strip": strip}
 
 
-def _render(rng: np.random.Generator, anatomy: dict, tissue: dict, owner: np.ndarray, lesions: Sequence[_Lesion],
+def _render(rng: np.random.Generator, anatomy: dict, tissue: dict, owner: np.ndarray, lesions: Sequence[OvoidLesion],
             sequences: Sequence[str], profile: str, *, clean: bool = False) -> dict[str, np.ndarray]:
     """Contrast mixture and texture, then (unless ``clean``) thick slices, bias field,
     Rician noise and skull stripping, for each sequence."""
-    idx = _template()["domain"]
+    idx = load_template()["domain"]
     settings = PROFILES[profile]
     brain = (tissue["gm"] + tissue["wm"] + tissue["csf"] + tissue["lesion"]) * tissue["strip"]
     who = owner.flat[idx]
@@ -126,7 +126,7 @@ def _render(rng: np.random.Generator, anatomy: dict, tissue: dict, owner: np.nda
             if settings["slice_mm"] > 1.0:  # thick slices: partial volume along z
                 volume = ndi.gaussian_filter1d(volume, settings["slice_mm"] / 2.355, axis=2)
             inside = idx[brain >= 0.5]  # skull-stripped like the real sample: zero outside the brain
-            signal = volume.flat[inside] * np.exp(_smooth_field(rng, 60.0, settings["bias"]).flat[inside])
+            signal = volume.flat[inside] * np.exp(smooth_field(rng, 60.0, settings["bias"]).flat[inside])
             volume[:] = 0.0
             sigma = means["wm"] / (settings["snr"] * _SNR_FACTOR[seq])
             volume.flat[inside] = _rician(rng, signal, np.float32(sigma))
@@ -165,7 +165,7 @@ def _grid_affine(spacing: Sequence[float]) -> np.ndarray:
     return affine
 
 
-def _check_options(profile: str, spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+def check_phantom_options(profile: str, spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
     if not isinstance(profile, str) or profile not in PROFILES:
         raise MSToolkitInputError(f"Unknown profile {profile!r}; allowed: {', '.join(PROFILES)}.")
     if spacing is None:
@@ -200,19 +200,19 @@ def _make_case(case_id: str, images: dict, mask: np.ndarray, brain: np.ndarray, 
 
 
 def _scene(seed: int, *, n_lesions: int | None = None, real_lesions: str | None = None
-           ) -> tuple[dict, list[_Lesion], tuple[np.ndarray, np.ndarray] | None, np.random.Generator]:
+           ) -> tuple[dict, list[OvoidLesion], tuple[np.ndarray, np.ndarray] | None, np.random.Generator]:
     """Anatomy and lesions of subject ``seed``; rendering gets its own stream, so a profile
     changes how the subject looks, never the subject itself. Real lesions come already
     placed (fraction, owner); drawn ones are rasterised by the caller (maybe moved)."""
     anatomy_rng, lesion_rng, render_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    anatomy = _anatomy(anatomy_rng)
+    anatomy = individual_anatomy(anatomy_rng)
     if real_lesions is not None:
-        lesions, fraction, owner = _real_lesions(real_lesions, anatomy, lesion_rng)
+        lesions, fraction, owner = real_mask_lesions(real_lesions, anatomy, lesion_rng)
         return anatomy, lesions, (fraction, owner), render_rng
-    return anatomy, _sample_lesions(lesion_rng, anatomy, n_lesions=n_lesions), None, render_rng
+    return anatomy, sample_lesions(lesion_rng, anatomy, n_lesions=n_lesions), None, render_rng
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise MSToolkitInputError(f"'seed' must be a non-negative integer, got {seed!r}.")
     return int(seed)
@@ -259,16 +259,16 @@ def generate_subject(*, seed: int, profile: str = "standard", spacing: Sequence[
     >>> case.shape, case.spacing  # doctest: +SKIP
     ((182, 218, 182), (1.0, 1.0, 1.0))
     """
-    seed, spacing = _check_seed(seed), _check_options(profile, spacing)
+    seed, spacing = check_seed(seed), check_phantom_options(profile, spacing)
     if n_lesions is not None and (isinstance(n_lesions, bool) or not isinstance(n_lesions, (int, np.integer))
-                                  or not 0 <= n_lesions <= _MAX_COUNT):
-        raise MSToolkitInputError(f"'n_lesions' must be an integer from 0 to {_MAX_COUNT} (or None), got {n_lesions!r}.")
+                                  or not 0 <= n_lesions <= MAX_LESION_COUNT):
+        raise MSToolkitInputError(f"'n_lesions' must be an integer from 0 to {MAX_LESION_COUNT} (or None), got {n_lesions!r}.")
     if real_lesions is not None:
-        _check_real_mask_name(real_lesions)
+        check_real_mask_name(real_lesions)
         if n_lesions is not None:
             raise MSToolkitInputError("Give 'n_lesions' or 'real_lesions', not both: a real mask brings its own lesions.")
     anatomy, lesions, placed, rng = _scene(seed, n_lesions=n_lesions, real_lesions=real_lesions)
-    fraction, owner = placed or _rasterise(lesions)
+    fraction, owner = placed or rasterise_lesions(lesions)
     tissue = _tissue_with_lesions(anatomy, fraction)
     sequences = ("FLAIR", "T1", "T2") + (("T1CE",) if t1ce else ())
     images = _render(rng, anatomy, tissue, owner, lesions, sequences, profile)
@@ -278,14 +278,14 @@ def generate_subject(*, seed: int, profile: str = "standard", spacing: Sequence[
 
 def _masks(tissue: dict, *, stripped: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Lesion and brain fractions as volumes; the brain without the outer CSF rim if ``stripped``."""
-    idx = _template()["domain"]
+    idx = load_template()["domain"]
     lesion, brain = np.zeros(MNI_SHAPE, np.float32), np.zeros(MNI_SHAPE, np.float32)
     lesion.flat[idx] = tissue["lesion"]
     brain.flat[idx] = (tissue["gm"] + tissue["wm"] + tissue["csf"] + tissue["lesion"]) * (tissue["strip"] if stripped else 1)
     return lesion, brain
 
 
-def _meta(seed: int, profile: str, lesions: Sequence[_Lesion], anatomy: dict) -> dict:
+def _meta(seed: int, profile: str, lesions: Sequence[OvoidLesion], anatomy: dict) -> dict:
     drawn = [{"zone": les.zone, "kind": les.kind, "centre_voxel": [round(float(c), 1) for c in les.centre],
               "volume_mm3": round(float(4 / 3 * np.pi * np.prod(les.axes)), 1)} for les in lesions]
     return {"generator": f"mstoolkit.phantom {__version__}", "seed": seed, "profile": profile,
@@ -294,9 +294,9 @@ def _meta(seed: int, profile: str, lesions: Sequence[_Lesion], anatomy: dict) ->
 
 def _move(anatomy: dict, rigid: tuple[np.ndarray, np.ndarray]) -> dict:
     """Resample the anatomy maps in a frame moved by ``rigid`` (the follow-up's head position)."""
-    idx = _template()["domain"]
+    idx = load_template()["domain"]
     rot, shift = rigid
-    origin = _CENTRE[:, None]
+    origin = MNI_CENTRE_VOXEL[:, None]
     vox = np.stack(np.unravel_index(idx, MNI_SHAPE)).astype(float)
     points = (rot @ (vox - origin) + origin + shift[:, None]).astype(np.float32)
     moved = dict(anatomy)
@@ -322,7 +322,7 @@ def generate_longitudinal_pair(*, seed: int, profile: str = "standard", spacing:
         On the baseline grid: voxels of new or enlarged lesions (follow-up lesion and not
         baseline lesion, lesions placed where they truly are relative to the baseline anatomy).
     """
-    seed, spacing = _check_seed(seed), _check_options(profile, spacing)
+    seed, spacing = check_seed(seed), check_phantom_options(profile, spacing)
     if not np.isfinite(misregistration_mm) or misregistration_mm < 0:
         raise MSToolkitInputError(f"'misregistration_mm' must be a non-negative number, got {misregistration_mm!r}.")
     anatomy, lesions, _, rng = _scene(seed)
@@ -333,24 +333,24 @@ def generate_longitudinal_pair(*, seed: int, profile: str = "standard", spacing:
     factors[roll < 0.12] = change_rng.uniform(1.2, 1.5, int((roll < 0.12).sum()))
     shrink = (roll >= 0.12) & (roll < 0.24)
     factors[shrink] = change_rng.uniform(0.6, 0.85, int(shrink.sum()))
-    followup = [_Lesion(les.centre, les.axes * f, les.rotation, les.waves, les.zone, les.kind, les.brightness)
+    followup = [OvoidLesion(les.centre, les.axes * f, les.rotation, les.waves, les.zone, les.kind, les.brightness)
                 for les, f in zip(lesions, factors)]
-    new = _sample_lesions(change_rng, anatomy, n_lesions=1 + int(change_rng.poisson(1.5)))
+    new = sample_lesions(change_rng, anatomy, n_lesions=1 + int(change_rng.poisson(1.5)))
     followup += new
     evolution = {"new": len(new), "enlarging": int((factors > 1).sum()), "shrinking": int((factors < 1).sum())}
     direction = change_rng.standard_normal(3)
-    rigid = (_rotation(change_rng.normal(0, np.radians(0.5), 3) * (misregistration_mm > 0)),
+    rigid = (rotation_matrix(change_rng.normal(0, np.radians(0.5), 3) * (misregistration_mm > 0)),
              direction / np.linalg.norm(direction) * misregistration_mm)
     sequences = ("FLAIR", "T1", "T2") + (("T1CE",) if t1ce else ())
     cases = []
     for session, lesion_set, frame in (("ses-01", lesions, None), ("ses-02", followup, rigid)):
         subject_anatomy = anatomy if frame is None else _move(anatomy, frame)
-        fraction, owner = _rasterise(lesion_set, rigid=frame)
+        fraction, owner = rasterise_lesions(lesion_set, rigid=frame)
         tissue = _tissue_with_lesions(subject_anatomy, fraction)
         meta = _meta(seed, profile, lesion_set, anatomy) | {"session": session, "evolution": evolution}
         images = _render(rng, subject_anatomy, tissue, owner, lesion_set, sequences, profile)
         cases.append(_make_case(f"phantom-{seed}_{session}", images, *_masks(tissue), spacing, meta))
-    true_followup = _tissue_with_lesions(anatomy, _rasterise(followup)[0])
+    true_followup = _tissue_with_lesions(anatomy, rasterise_lesions(followup)[0])
     change = _masks(true_followup)[0]
     if spacing is not None:
         change = _resample(change, spacing)
@@ -373,7 +373,7 @@ def _head_depth(brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     depth = (ndi.distance_transform_edt(~hull) - ndi.distance_transform_edt(hull)) * 2.0
     depth = ndi.zoom(depth.astype(np.float32), 2, order=1)
     depth = np.pad(depth, [(0, m - n) for m, n in zip(MNI_SHAPE, depth.shape)], mode="edge")
-    return depth + _smooth_field(rng, 15.0, 0.8)
+    return depth + smooth_field(rng, 15.0, 0.8)
 
 
 def generate_raw_scan(*, seed: int, profile: str = "standard", spacing: Sequence[float] = (1.0, 1.0, 3.0),
@@ -392,9 +392,9 @@ def generate_raw_scan(*, seed: int, profile: str = "standard", spacing: Sequence
         ``affine`` (voxel -> world mm, LPS axes), ``mask`` and ``brain_mask`` (uint8, same grid),
         ``spacing``, ``orientation`` ("LPS"), ``seed``, ``profile``.
     """
-    seed, spacing = _check_seed(seed), _check_options(profile, spacing)
+    seed, spacing = check_seed(seed), check_phantom_options(profile, spacing)
     anatomy, lesions, _, rng = _scene(seed)
-    fraction, owner = _rasterise(lesions)
+    fraction, owner = rasterise_lesions(lesions)
     tissue = _tissue_with_lesions(anatomy, fraction)
     images = _render(rng, anatomy, tissue, owner, lesions, ("FLAIR", "T1"), profile, clean=True)
     lesion, brain = _masks(tissue)
@@ -412,7 +412,7 @@ def generate_raw_scan(*, seed: int, profile: str = "standard", spacing: Sequence
     spacing = np.asarray(spacing)
     fov = np.array([200.0, 240.0, 180.0])
     shape = tuple(round(n) for n in fov / spacing)
-    rotation = _rotation(np.radians([rng.normal(tilt_degrees, 2.0), rng.normal(0, 2.0), rng.normal(0, 2.0)]))
+    rotation = rotation_matrix(np.radians([rng.normal(tilt_degrees, 2.0), rng.normal(0, 2.0), rng.normal(0, 2.0)]))
     affine = np.eye(4)
     affine[:3, :3] = rotation @ np.diag(spacing * np.array([-1, -1, 1]))
     affine[:3, 3] = np.array([0.0, -18.0, 12.0]) + rng.normal(0, 3.0, 3) - affine[:3, :3] @ (np.array(shape) - 1) / 2
@@ -443,9 +443,9 @@ def clear_cache() -> None:
     The next subject loads them again (a few seconds). Notebooks call this after
     generating, before training, to stay within 2 GB.
     """
-    from .doctor import release_memory
+    from .runtime import release_memory
 
-    _template.cache_clear()
-    _noise_volume.cache_clear()
+    load_template.cache_clear()
+    noise_volume.cache_clear()
     release_memory()
 

@@ -28,13 +28,13 @@ MNI_SHAPE = (182, 218, 182)
 MNI_AFFINE = np.array([[1.0, 0, 0, -91], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
 
 # Centre of the head on the grid (voxels): each subject's pose and size vary about this point.
-_CENTRE = np.array([91.0, 108.0, 90.0])
+MNI_CENTRE_VOXEL = np.array([91.0, 108.0, 90.0])
 # Mean head size relative to the template: the real MNI-registered sample (affine registration)
 # keeps brains ~9 % smaller than the template.
-_HEAD_SCALE = 0.91
+HEAD_SCALE = 0.91
 
 # Lesion zones, in the order of their labels in the template's zone map (0 = outside the brain).
-_ZONES = ("periventricular", "juxtacortical", "deep", "infratentorial")
+LESION_ZONES = ("periventricular", "juxtacortical", "deep", "infratentorial")
 
 
 # --------------------------------------------------------------------------- template
@@ -47,7 +47,7 @@ def _template_dir() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _template() -> dict:
+def load_template() -> dict:
     """Template maps cropped to the FSL MNI grid, lesion zones at 2 mm; cached per process."""
     import nibabel as nib
 
@@ -89,7 +89,7 @@ def _template() -> dict:
     zone[(dist_v * 2.0 <= 8) & ~infra] = 1
     zone[infra] = 4
     zone[brain2 < 0.5] = 0
-    candidates = {name: np.flatnonzero((zone == k + 1) & (wm2 > 0.65)) for k, name in enumerate(_ZONES)}
+    candidates = {name: np.flatnonzero((zone == k + 1) & (wm2 > 0.65)) for k, name in enumerate(LESION_ZONES)}
     domain = np.flatnonzero(domain).astype(np.int32)
     voxels = np.stack(np.unravel_index(domain, MNI_SHAPE))
     padded = np.ravel_multi_index(tuple(voxels), tuple(n + _NOISE_MARGIN for n in MNI_SHAPE)).astype(np.int32)
@@ -102,7 +102,7 @@ def _template() -> dict:
 # --------------------------------------------------------------------------- anatomy
 
 
-def _smooth_field(rng: np.random.Generator, step_mm: float, amplitude: float) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, step_mm: float, amplitude: float) -> np.ndarray:
     """A random smooth field on the MNI grid: Gaussian bumps every ``step_mm``, built separably.
 
     A separable sum (three small matrix products) costs far less than filtering a
@@ -117,25 +117,25 @@ def _smooth_field(rng: np.random.Generator, step_mm: float, amplitude: float) ->
     return np.einsum("ia,jb,kc,abc->ijk", *bases, coef, optimize=True)
 
 
-def _rotation(angles: Sequence[float]) -> np.ndarray:
+def rotation_matrix(angles: Sequence[float]) -> np.ndarray:
     """Rotation matrix from three small angles (radians) about x, y, z."""
     from scipy.spatial.transform import Rotation
 
     return Rotation.from_euler("xyz", angles).as_matrix()
 
 
-def _anatomy(rng: np.random.Generator) -> dict:
+def individual_anatomy(rng: np.random.Generator) -> dict:
     """One individual brain: deformed, sharpened GM/WM/CSF fractions on the MNI grid."""
-    t = _template()
+    t = load_template()
     idx, vox = t["domain"], t["voxels"]
-    centre = _CENTRE.astype(np.float32)[:, None]
+    centre = MNI_CENTRE_VOXEL.astype(np.float32)[:, None]
     # Output voxel -> template voxel: a small affine (head size and pose) plus a smooth warp.
-    scale = rng.normal(_HEAD_SCALE, 0.04) * rng.normal(1.0, 0.02, 3)
-    matrix = (_rotation(rng.normal(0, np.radians(2.0), 3)) @ np.diag(1.0 / scale)).astype(np.float32)
+    scale = rng.normal(HEAD_SCALE, 0.04) * rng.normal(1.0, 0.02, 3)
+    matrix = (rotation_matrix(rng.normal(0, np.radians(2.0), 3)) @ np.diag(1.0 / scale)).astype(np.float32)
     coords = matrix @ (vox - centre)
     coords += centre + rng.normal(0, 1.5, (3, 1)).astype(np.float32)
     for axis in range(3):
-        coords[axis] += _smooth_field(rng, 18.0, 2.0).ravel()[idx]
+        coords[axis] += smooth_field(rng, 18.0, 2.0).ravel()[idx]
     last = np.array(MNI_SHAPE, np.float32)[:, None] - 1
     nearest = np.clip(np.rint(coords).astype(np.intp), 0, last.astype(np.intp))
     # The brain map is nearly binary, so the nearest voxel is enough; nothing outside the grid.
@@ -173,8 +173,8 @@ def _noise(rng: np.random.Generator, scale: str) -> np.ndarray:
     Cutting a randomly placed window out of one large noise volume is as random as
     drawing new noise per subject, and far cheaper than filtering a fresh 3D volume.
     """
-    t = _template()
-    volume = _noise_volume(scale)
+    t = load_template()
+    volume = noise_volume(scale)
     offset = rng.integers(0, _NOISE_MARGIN, 3)
     flat = int(np.ravel_multi_index(tuple(offset), volume.shape))
     return volume.ravel()[t["padded_domain"] + flat]
@@ -184,7 +184,7 @@ _NOISE_MARGIN = 40
 
 
 @lru_cache(maxsize=2)
-def _noise_volume(scale: str) -> np.ndarray:
+def noise_volume(scale: str) -> np.ndarray:
     sigma = {"fine": 0.8, "coarse": 2.0}[scale]
     rng = np.random.default_rng(20091)
     shape = tuple(n + _NOISE_MARGIN for n in MNI_SHAPE)

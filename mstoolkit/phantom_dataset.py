@@ -24,19 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .datasets import NOTEBOOK_SUBJECTS, bids_paths, default_data_dir
 from .io import Case, MSToolkitInputError, save_image, save_mask
 from .phantom import (
     PROFILES,
-    _check_options,
-    _check_seed,
+    check_phantom_options,
+    check_seed,
     clear_cache,
     generate_longitudinal_pair,
     generate_raw_scan,
     generate_subject,
 )
-from .phantom_anatomy import _template
+from .phantom_anatomy import load_template
 
-__all__ = ["cli_phantom", "generate_dataset", "raw_paths"]
+__all__ = ["cli_phantom", "cli_prepare", "ensure_phantom", "generate_dataset", "phantom_dir", "raw_paths"]
 
 
 def raw_paths(data_dir: str | os.PathLike, subject: str, session: str | None = None) -> dict[str, Path]:
@@ -45,7 +46,6 @@ def raw_paths(data_dir: str | os.PathLike, subject: str, session: str | None = N
     >>> raw_paths("data", "sub-001")["FLAIR"].name
     'sub-001_acq-raw_FLAIR.nii.gz'
     """
-    from .datasets import bids_paths
 
     stem = subject if session is None else f"{subject}_{session}"
     paths = bids_paths(data_dir, subject, session)
@@ -99,16 +99,16 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_subjects: int, seed: int, 
 
     if isinstance(n_subjects, bool) or not isinstance(n_subjects, (int, np.integer)) or n_subjects < 1:
         raise MSToolkitInputError(f"'n_subjects' must be an integer >= 1, got {n_subjects!r}.")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     for name in [profile] if profile is not None else []:
-        _check_options(name, None)
-    spacing = _check_options("standard", spacing)
+        check_phantom_options(name, None)
+    spacing = check_phantom_options("standard", spacing)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MSToolkitInputError(f"'{out}' already exists and is not an empty folder; choose a new output folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    cached_before = _template.cache_info().currsize > 0
+    cached_before = load_template.cache_info().currsize > 0
     rows = []
     try:
         for i in tqdm(range(1, n_subjects + 1), desc="phantom", unit="subject", disable=not progress):
@@ -193,4 +193,43 @@ def cli_phantom(args: argparse.Namespace) -> int:
     kind = "longitudinal subjects" if args.longitudinal else "subjects"
     print(f"Wrote {len(table)} {kind} ({lesions} lesions, {volume:.1f} mL in total) to {out} "
           f"in {time.perf_counter() - start:.1f} s.")
+    return 0
+
+
+# --------------------------------------------------------------------------- the notebooks' phantom
+
+
+def phantom_dir(n_subjects: int, seed: int, *, longitudinal: bool = False) -> Path:
+    """Cache folder of a phantom dataset with these settings."""
+    kind = "phantom-long" if longitudinal else "phantom"
+    return default_data_dir() / f"{kind}-n{n_subjects}-seed{seed}"
+
+
+def ensure_phantom(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    n_subjects: int = 4,
+    seed: int = 0,
+    longitudinal: bool = False,
+    **phantom_options,
+) -> Path:
+    """Return a folder holding a phantom dataset, generating it first if needed.
+
+    Notebooks call this so they run on a fresh machine with no download: the
+    phantom is built from templates shipped inside nilearn's wheel.
+    """
+    out = Path(data_dir) if data_dir is not None else phantom_dir(n_subjects, seed, longitudinal=longitudinal)
+    if (out / "participants.tsv").exists():
+        return out
+    generate_dataset(out, n_subjects=n_subjects, seed=seed, longitudinal=longitudinal, **phantom_options)
+    return out
+
+
+def cli_prepare(args) -> int:
+    """``mstoolkit data prepare``: build the data the notebooks use at a profile (Binder, workshops)."""
+    if args.profile not in NOTEBOOK_SUBJECTS:
+        raise MSToolkitInputError(f"'profile' must be one of {', '.join(NOTEBOOK_SUBJECTS)}, got {args.profile!r}.")
+    for n_subjects in NOTEBOOK_SUBJECTS[args.profile]:
+        path = ensure_phantom(n_subjects=n_subjects, seed=args.seed)
+        print(f"phantom with {n_subjects} subjects ready in {path}")
     return 0

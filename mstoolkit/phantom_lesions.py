@@ -6,12 +6,12 @@ consensus masks of the real ``open_ms_data`` sample (Lesjak et al. 2018); their 
 fall in the zones of :mod:`mstoolkit.phantom_anatomy` with the real masks' shares.
 Periventricular lesions point away from the ventricles (Dawson's fingers), large plaques
 are several overlapping ovoids along the ventricle wall, and some lesions are T1 black
-holes or enhance with gadolinium. :func:`_rasterise` turns the drawn lesions into
+holes or enhance with gadolinium. :func:`rasterise_lesions` turns the drawn lesions into
 partial-volume fractions on the MNI grid.
 
 Ovoids are still ovoids: real lesions are more varied, and many are tiny. So a subject can
 instead carry the lesions of one real consensus mask shipped in ``real_lesions/``
-(:data:`REAL_LESION_MASKS`), carried into its own anatomy by :func:`_real_lesions`.
+(:data:`REAL_LESION_MASKS`), carried into its own anatomy by :func:`real_mask_lesions`.
 
 Part of the phantom of notebook 01 (data loading): :mod:`mstoolkit.phantom` draws and
 renders these lesions for every subject; nothing here is called from the notebooks.
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import MSToolkitInputError
-from .phantom_anatomy import _CENTRE, _HEAD_SCALE, _ZONES, MNI_AFFINE, MNI_SHAPE, _template
+from .phantom_anatomy import MNI_CENTRE_VOXEL, HEAD_SCALE, LESION_ZONES, MNI_AFFINE, MNI_SHAPE, load_template
 
 __all__ = ["REAL_LESION_DIR", "REAL_LESION_MASKS"]
 
@@ -55,11 +55,11 @@ _VOLUME_MIXTURE = ((0.499, 1.877, 1.107), (0.501, 3.783, 1.213))
 # the sampler's weights are tuned so the phantom's rasterised lesions land near these shares.
 _REAL_ZONE_SHARE = {"periventricular": 0.51, "juxtacortical": 0.08, "deep": 0.35, "infratentorial": 0.06}
 _ZONE_WEIGHTS = {"periventricular": 0.44, "juxtacortical": 0.12, "deep": 0.375, "infratentorial": 0.065}
-_MAX_COUNT, _MAX_VOLUME = 400, 40000.0
+MAX_LESION_COUNT, _MAX_VOLUME = 400, 40000.0
 
 
 @dataclass
-class _Lesion:
+class OvoidLesion:
     """One ovoid lesion in the subject's frame (output voxel = mm coordinates)."""
 
     centre: np.ndarray  # (3,) voxel coordinates
@@ -73,10 +73,10 @@ class _Lesion:
 
 def _zone_of(points: np.ndarray) -> list[str]:
     """Zone name of each (n, 3) voxel point of the MNI grid ("outside" outside the brain)."""
-    t = _template()
+    t = load_template()
     idx = np.clip((np.asarray(points) // 2).astype(int), 0, np.array(t["zone"].shape) - 1)
     labels = t["zone"][idx[:, 0], idx[:, 1], idx[:, 2]]
-    return [(("outside",) + _ZONES)[int(k)] for k in labels]
+    return [(("outside",) + LESION_ZONES)[int(k)] for k in labels]
 
 
 
@@ -108,24 +108,24 @@ def _frame(direction: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack([direction, second, np.cross(direction, second)], axis=1)
 
 
-def _sample_lesions(rng: np.random.Generator, anatomy: dict, *, n_lesions: int | None = None) -> list[_Lesion]:
+def sample_lesions(rng: np.random.Generator, anatomy: dict, *, n_lesions: int | None = None) -> list[OvoidLesion]:
     """Draw lesion count, sizes, zones, shapes and kinds (fitted to real masks, see top)."""
-    t = _template()
+    t = load_template()
     if n_lesions is None:
-        n_lesions = int(np.clip(round(np.exp(rng.normal(*_COUNT_LOGNORMAL))), 1, _MAX_COUNT))
+        n_lesions = int(np.clip(round(np.exp(rng.normal(*_COUNT_LOGNORMAL))), 1, MAX_LESION_COUNT))
     wm = anatomy["wm"].flat[t["domain"]]
-    candidates = {z: np.flatnonzero((anatomy["zone"] == k + 1) & (wm > 0.6)) for k, z in enumerate(_ZONES)}
-    weights = np.array([_ZONE_WEIGHTS[z] for z in _ZONES])
-    lesions: list[_Lesion] = []
+    candidates = {z: np.flatnonzero((anatomy["zone"] == k + 1) & (wm > 0.6)) for k, z in enumerate(LESION_ZONES)}
+    weights = np.array([_ZONE_WEIGHTS[z] for z in LESION_ZONES])
+    lesions: list[OvoidLesion] = []
     for _ in range(n_lesions):
         lesions += _one_lesion(rng, anatomy, candidates, weights / weights.sum())
     return lesions
 
 
-def _one_lesion(rng: np.random.Generator, anatomy: dict, candidates: dict, weights: np.ndarray) -> list[_Lesion]:
-    t = _template()
+def _one_lesion(rng: np.random.Generator, anatomy: dict, candidates: dict, weights: np.ndarray) -> list[OvoidLesion]:
+    t = load_template()
     volume = _lesion_volume(rng)
-    zone = "periventricular" if volume > 1500 else str(rng.choice(_ZONES, p=weights))
+    zone = "periventricular" if volume > 1500 else str(rng.choice(LESION_ZONES, p=weights))
     if zone in ("juxtacortical", "infratentorial"):
         volume = min(volume, 600.0)
     pick = candidates[zone][rng.integers(len(candidates[zone]))]
@@ -153,11 +153,11 @@ def _one_lesion(rng: np.random.Generator, anatomy: dict, candidates: dict, weigh
         waves = np.column_stack([rng.standard_normal((6, 3)) * rng.uniform(1.0, 2.5, (6, 1)),
                                  rng.uniform(0, 2 * np.pi, 6), rng.uniform(0.04, 0.12, 6)])
         offset = rotation @ (rng.normal(0, 1, 3) * np.array([0.3, 1.0, 1.0]) * spread)
-        parts.append(_Lesion(centre + offset, axes, rotation, waves, zone, kind, brightness))
+        parts.append(OvoidLesion(centre + offset, axes, rotation, waves, zone, kind, brightness))
     return parts
 
 
-def _check_real_mask_name(name: object) -> None:
+def check_real_mask_name(name: object) -> None:
     names = REAL_LESION_MASKS["train"] + REAL_LESION_MASKS["heldout"]
     if name not in names:
         raise MSToolkitInputError(f"Unknown real lesion mask {name!r}; allowed: {', '.join(names)} "
@@ -174,11 +174,11 @@ def _real_mask(name: str) -> np.ndarray:
     return np.asarray(image.dataobj) > 0
 
 
-def _real_lesions(name: str, anatomy: dict, rng: np.random.Generator) -> tuple[list[_Lesion], np.ndarray, np.ndarray]:
+def real_mask_lesions(name: str, anatomy: dict, rng: np.random.Generator) -> tuple[list[OvoidLesion], np.ndarray, np.ndarray]:
     """The lesions of real mask ``name`` carried into this subject's anatomy (randomly mirrored).
 
     Returns the lesions (one per connected component, with a kind and brightness drawn as for
-    ovoids), the lesion fraction and the index+1 of each voxel's lesion, like :func:`_rasterise`.
+    ovoids), the lesion fraction and the index+1 of each voxel's lesion, like :func:`rasterise_lesions`.
     """
     import cc3d
     from scipy import ndimage as ndi
@@ -188,11 +188,11 @@ def _real_lesions(name: str, anatomy: dict, rng: np.random.Generator) -> tuple[l
         mask = mask[::-1]
     components = cc3d.connected_components(mask, connectivity=26)
     # The subject's anatomy maps each of its voxels to template coordinates; real MNI-registered
-    # brains are smaller than the template by _HEAD_SCALE, so shrink back by that much.
+    # brains are smaller than the template by HEAD_SCALE, so shrink back by that much.
     # Lesions then follow this subject's warp and stay where they were relative to its ventricles.
-    centre = _CENTRE.astype(np.float32)[:, None]
-    points = centre + _HEAD_SCALE * (anatomy["coords"] - centre)
-    idx = _template()["domain"]
+    centre = MNI_CENTRE_VOXEL.astype(np.float32)[:, None]
+    points = centre + HEAD_SCALE * (anatomy["coords"] - centre)
+    idx = load_template()["domain"]
     fraction, owner = np.zeros(MNI_SHAPE, np.float32), np.zeros(MNI_SHAPE, np.int16)
     fraction.flat[idx] = ndi.map_coordinates(mask.astype(np.float32), points, order=1, prefilter=False)
     owner.flat[idx] = ndi.map_coordinates(components, points, order=0, prefilter=False)
@@ -203,19 +203,19 @@ def _real_lesions(name: str, anatomy: dict, rng: np.random.Generator) -> tuple[l
         kind = _lesion_kind(rng, volume)
         radius = (3 * volume / (4 * np.pi)) ** (1 / 3)  # the ovoid of the same volume (used for enhancing rings)
         centroid = np.array(centroid)
-        lesions.append(_Lesion(centroid, np.full(3, radius), np.eye(3), np.zeros((0, 5)), _zone_of(centroid[None])[0],
+        lesions.append(OvoidLesion(centroid, np.full(3, radius), np.eye(3), np.zeros((0, 5)), _zone_of(centroid[None])[0],
                                kind, float(rng.normal(1.0, 0.07))))
     return lesions, fraction, owner
 
 
-def _rasterise(lesions: Sequence[_Lesion], *, rigid: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rasterise_lesions(lesions: Sequence[OvoidLesion], *, rigid: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lesion fraction (partial volume, max over lesions) and index+1 of the dominant lesion.
 
     ``rigid = (R, t)`` rasterises them in a frame moved by ``p = R (x - c) + c + t``.
     """
     fraction = np.zeros(MNI_SHAPE, np.float32)
     owner = np.zeros(MNI_SHAPE, np.int16)
-    origin = _CENTRE
+    origin = MNI_CENTRE_VOXEL
     rot, shift = (np.eye(3), np.zeros(3)) if rigid is None else rigid
     for i, les in enumerate(lesions):
         centre = rot.T @ (les.centre - origin - shift) + origin

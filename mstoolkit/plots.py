@@ -47,33 +47,33 @@ LINE_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"
 OVERLAY_MODES = ("fill", "contour")
 #: Viewing planes; each names the array axis it slices: axial z, coronal y, sagittal x.
 PLANES = ("axial", "coronal", "sagittal")
-_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 # Letters at the left and right edges of each plane (radiological convention).
-_MARKERS = {"axial": ("R", "L"), "coronal": ("R", "L"), "sagittal": ("A", "P")}
+PLANE_EDGE_LETTERS = {"axial": ("R", "L"), "coronal": ("R", "L"), "sagittal": ("A", "P")}
 
 
 # --------------------------------------------------------------------------- slice geometry
 
 
-def _check_plane(plane: str) -> int:
-    if plane not in _AXIS:
+def check_plane(plane: str) -> int:
+    if plane not in PLANE_AXIS:
         raise MSToolkitInputError(f"'plane' must be one of {', '.join(map(repr, PLANES))}, got {plane!r}.")
-    return _AXIS[plane]
+    return PLANE_AXIS[plane]
 
 
-def _check_mode(mode: str) -> None:
+def check_overlay_mode(mode: str) -> None:
     if mode not in OVERLAY_MODES:
         raise MSToolkitInputError(f"'mode' must be one of {', '.join(map(repr, OVERLAY_MODES))}, got {mode!r}.")
 
 
-def _check_volume(array: Any, name: str) -> np.ndarray:
+def check_volume(array: Any, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 3:
         raise MSToolkitInputError(f"'{name}' must be a 3D array (x, y, z), got shape {array.shape}.")
     return array
 
 
-def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+def check_display_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(s) for s in spacing)
     if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
         raise MSToolkitInputError(f"'spacing' must be 3 positive numbers, got {tuple(spacing)}.")
@@ -90,8 +90,8 @@ def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
     >>> np.argwhere(take_slice(vol, "axial", 2)).tolist()  # top-left corner
     [[0, 0]]
     """
-    axis = _check_plane(plane)
-    volume = _check_volume(volume, "volume")
+    axis = check_plane(plane)
+    volume = check_volume(volume, "volume")
     size = volume.shape[axis]
     if not 0 <= int(index) < size:
         raise MSToolkitInputError(
@@ -108,8 +108,8 @@ def slice_spacing(spacing: Sequence[float], plane: str) -> tuple[float, float]:
     >>> slice_spacing((1.0, 1.0, 3.0), "coronal")
     (3.0, 1.0)
     """
-    _check_plane(plane)
-    sx, sy, sz = _check_spacing(spacing)
+    check_plane(plane)
+    sx, sy, sz = check_display_spacing(spacing)
     return {"axial": (sy, sx), "coronal": (sz, sx), "sagittal": (sz, sy)}[plane]
 
 
@@ -119,7 +119,7 @@ def auto_window(image: np.ndarray, *, percentiles: tuple[float, float] = (0.5, 9
     A sparse sample of the volume is enough and keeps this fast. Skull-stripped
     scans are mostly zeros; ignoring them gives the brain the full grey range.
     """
-    image = _check_volume(image, "image")
+    image = check_volume(image, "image")
     step = max(1, int(round((image.size / 50_000) ** (1 / 3))))
     sample = image[::step, ::step, ::step]
     sample = sample[np.isfinite(sample) & (sample != 0)]
@@ -155,7 +155,7 @@ def overlay_rgba(
     voxel by voxel, in the TP/FP/FN colours. ``mode="contour"`` keeps only the
     outline of each region. The widgets and the figures share this one definition.
     """
-    _check_mode(mode)
+    check_overlay_mode(mode)
     if overlay is None and truth is None:
         return None
     shape = (overlay if overlay is not None else truth).shape  # type: ignore[union-attr]
@@ -194,14 +194,14 @@ def _slices_and_extent(
 
 
 def _label_axes(ax, plane: str, index: int) -> None:
-    left, right = _MARKERS[plane]
+    left, right = PLANE_EDGE_LETTERS[plane]
     ax.set_xlabel(f"{left} ← mm → {right}")
     ax.set_ylabel("A ↑ mm" if plane == "axial" else "S ↑ mm")
     ax.set_title(f"{plane} {index}", fontsize=9)
 
 
 def _indices(volume: np.ndarray, plane: str, n: int, mask: np.ndarray | None) -> list[int]:
-    axis = _AXIS[plane] if plane in _AXIS else _check_plane(plane)
+    axis = PLANE_AXIS[plane] if plane in PLANE_AXIS else check_plane(plane)
     size = volume.shape[axis]
     if mask is not None and np.any(mask):
         # where the lesions are: the busiest slice, or slices spread over the lesion voxels
@@ -250,7 +250,7 @@ def montage(
     >>> fig._suptitle.get_text(), len(fig.axes)
     ('noise', 2)
     """
-    image = _check_volume(image, "image")
+    image = check_volume(image, "image")
     indices = list(indices) if indices is not None else _indices(image, plane, n_slices, mask)
     low, high = _window(image, window)
     fig, axes = _new_figure(len(indices), columns=columns)
@@ -318,7 +318,7 @@ def overlay_figure(
     opacity follows the probability, outlined at ``threshold``; a binary mask
     as a filled layer with its outline.
     """
-    image, overlay = _check_volume(image, "image"), _check_volume(overlay, "overlay")
+    image, overlay = check_volume(image, "image"), check_volume(overlay, "overlay")
     if overlay.shape != image.shape:
         raise MSToolkitInputError(f"'overlay' has shape {overlay.shape} but 'image' has shape {image.shape}.")
     if index is None:
@@ -356,9 +356,9 @@ def comparison_figure(
     """
     from matplotlib.patches import Patch
 
-    image = _check_volume(image, "image")
-    predicted = _check_volume(prediction, "prediction") >= threshold
-    actual = _check_volume(truth, "truth") > 0
+    image = check_volume(image, "image")
+    predicted = check_volume(prediction, "prediction") >= threshold
+    actual = check_volume(truth, "truth") > 0
     if not image.shape == predicted.shape == actual.shape:
         raise MSToolkitInputError(
             f"image {image.shape}, prediction {predicted.shape} and truth {actual.shape} must have one shape."

@@ -27,10 +27,10 @@ from scipy import ndimage
 from .io import Case, MSToolkitInputError
 from .normalization import NORMALIZATIONS, normalize
 from .registration import (
-    _check_image,
-    _check_mask,
-    _from_sitk,
-    _to_sitk,
+    check_image,
+    check_optional_mask,
+    from_sitk,
+    to_sitk,
     register,
     resample_to_reference,
     resample_to_spacing,
@@ -81,26 +81,26 @@ def n4_correct(
     """
     import SimpleITK as sitk
 
-    image, affine = _check_image(image, affine)
-    mask = _check_mask(mask, image.shape, "mask")
+    image, affine = check_image(image, affine)
+    mask = check_optional_mask(mask, image.shape, "mask")
     if int(shrink_factor) < 1:
         raise MSToolkitInputError(f"'shrink_factor' must be an integer >= 1, got {shrink_factor}.")
     if len(iterations) == 0 or min(int(i) for i in iterations) < 1:
         raise MSToolkitInputError(f"'iterations' must list at least one positive count per level, got {tuple(iterations)}.")
     # N4 works on log intensities: shift to positive values first.
     offset = float(min(image.min(), 0.0))
-    full = _to_sitk(image - offset + 1e-3, affine)
+    full = to_sitk(image - offset + 1e-3, affine)
     if mask is None:
         sitk_mask = sitk.OtsuThreshold(full, 0, 1, 200)
     else:
-        sitk_mask = _to_sitk(mask.astype(np.float32), affine)
+        sitk_mask = to_sitk(mask.astype(np.float32), affine)
         sitk_mask = sitk.Cast(sitk_mask, sitk.sitkUInt8)
     shrunk = sitk.Shrink(full, [int(shrink_factor)] * 3)
     shrunk_mask = sitk.Shrink(sitk_mask, [int(shrink_factor)] * 3)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
     corrector.Execute(shrunk, shrunk_mask)
-    field = np.exp(_from_sitk(corrector.GetLogBiasFieldAsImage(full))).astype(np.float32)
+    field = np.exp(from_sitk(corrector.GetLogBiasFieldAsImage(full))).astype(np.float32)
     corrected = (image / field).astype(np.float32)
     return (corrected, field) if return_field else corrected
 
@@ -180,7 +180,7 @@ def skull_strip(
     ``return_transform``, the 4x4 matrix mapping the scan's world to MNI world;
     :func:`preprocess_case` reuses it). Introduced in notebook 02.
     """
-    image, affine = _check_image(image, affine)
+    image, affine = check_image(image, affine)
     allowed = ("atlas", "synthstrip", "hd-bet")
     if method not in allowed:
         raise MSToolkitInputError(f"'method' must be one of {', '.join(allowed)}, got {method!r}.")

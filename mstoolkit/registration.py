@@ -56,7 +56,7 @@ _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS: negate x and y
 # --------------------------------------------------------------------------- checks and conversions
 
 
-def _check_image(image: np.ndarray, affine: np.ndarray, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+def check_image(image: np.ndarray, affine: np.ndarray, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
     image, affine = np.asarray(image), np.asarray(affine, dtype=np.float64)
     if image.ndim != 3:
         raise MSToolkitInputError(f"'{name}' must be a 3D array (x, y, z), got shape {image.shape}.")
@@ -65,7 +65,7 @@ def _check_image(image: np.ndarray, affine: np.ndarray, name: str = "image") -> 
     return image, affine
 
 
-def _check_mask(mask: np.ndarray | None, shape: tuple, name: str = "mask") -> np.ndarray | None:
+def check_optional_mask(mask: np.ndarray | None, shape: tuple, name: str = "mask") -> np.ndarray | None:
     if mask is None:
         return None
     mask = check_binary_mask(mask, name)
@@ -76,7 +76,7 @@ def _check_mask(mask: np.ndarray | None, shape: tuple, name: str = "mask") -> np
     return mask
 
 
-def _to_sitk(image: np.ndarray, affine: np.ndarray):
+def to_sitk(image: np.ndarray, affine: np.ndarray):
     """An RAS (x, y, z) array + affine as a SimpleITK image in ITK's LPS physical space."""
     import SimpleITK as sitk
 
@@ -89,7 +89,7 @@ def _to_sitk(image: np.ndarray, affine: np.ndarray):
     return img
 
 
-def _from_sitk(img) -> np.ndarray:
+def from_sitk(img) -> np.ndarray:
     import SimpleITK as sitk
 
     return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0)))
@@ -154,7 +154,7 @@ def reorient_to_ras(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     """
     import nibabel as nib
 
-    image, affine = _check_image(image, affine)
+    image, affine = check_image(image, affine)
     canonical = nib.as_closest_canonical(nib.Nifti1Image(image, affine))
     return np.asanyarray(canonical.dataobj), canonical.affine.astype(np.float64)
 
@@ -186,7 +186,7 @@ def resample_to_reference(
     >>> out.shape, float(out.mean())
     ((2, 2, 2), 1.0)
     """
-    image, affine = _check_image(image, affine)
+    image, affine = check_image(image, affine)
     if len(reference_shape) != 3:
         raise MSToolkitInputError(
             f"the reference must be 3D, got shape {tuple(reference_shape)}; pass a 3D reference image."
@@ -220,7 +220,7 @@ def resample_to_spacing(
     >>> out.shape, spacing_from_affine(new_affine)
     ((5, 5, 6), (2.0, 2.0, 2.0))
     """
-    image, affine = _check_image(image, affine)
+    image, affine = check_image(image, affine)
     spacing_arr = np.asarray(spacing, dtype=float).ravel()
     if spacing_arr.size != 3 or not np.all(spacing_arr > 0) or not np.all(np.isfinite(spacing_arr)):
         raise MSToolkitInputError(f"'spacing' must be 3 positive numbers, got {tuple(np.ravel(spacing).tolist())}.")
@@ -294,11 +294,11 @@ def register(
     """
     import SimpleITK as sitk
 
-    image, affine = _check_image(image, affine, "image")
-    reference, reference_affine = _check_image(reference, reference_affine, "reference")
+    image, affine = check_image(image, affine, "image")
+    reference, reference_affine = check_image(reference, reference_affine, "reference")
     if kind not in ("rigid", "affine"):
         raise MSToolkitInputError(f"'kind' must be 'rigid' or 'affine', got {kind!r}.")
-    reference_mask = _check_mask(reference_mask, reference.shape, "reference_mask")
+    reference_mask = check_optional_mask(reference_mask, reference.shape, "reference_mask")
     if not (working_spacing > 0 and 0 < sampling <= 1 and iterations >= 1 and len(initial_scales) >= 1):
         raise MSToolkitInputError(
             "need working_spacing > 0, 0 < sampling <= 1, iterations >= 1 and at least one initial scale; got "
@@ -312,11 +312,11 @@ def register(
             f"{lo_a.round(1).tolist()}..{hi_a.round(1).tolist()} and {lo_b.round(1).tolist()}..{hi_b.round(1).tolist()} mm): "
             "check that both headers are right, or move one (e.g. centre both) before registering."
         )
-    fixed = _isotropic(_to_sitk(reference, reference_affine), working_spacing)
-    moving = _isotropic(_to_sitk(image, affine), working_spacing)
+    fixed = _isotropic(to_sitk(reference, reference_affine), working_spacing)
+    moving = _isotropic(to_sitk(image, affine), working_spacing)
     fixed_mask = None
     if reference_mask is not None:
-        sitk_mask = sitk.Resample(_to_sitk(reference_mask.astype(np.float32), reference_affine), fixed,
+        sitk_mask = sitk.Resample(to_sitk(reference_mask.astype(np.float32), reference_affine), fixed,
                                   sitk.Transform(), sitk.sitkNearestNeighbor)
         fixed_mask = sitk.Cast(sitk_mask > 0.5, sitk.sitkUInt8)
 

@@ -160,10 +160,10 @@ def simulate_rater(
     import cc3d
     from scipy.ndimage import distance_transform_edt, gaussian_filter
 
-    from .metrics import _as_mask, _check_spacing
+    from .metrics import as_mask, check_spacing
 
-    spacing = np.asarray(_check_spacing(spacing))
-    truth = _as_mask(truth, "truth")
+    spacing = np.asarray(check_spacing(spacing))
+    truth = as_mask(truth, "truth")
     rng = np.random.default_rng(seed)
     labels = cc3d.connected_components(truth, connectivity=26)
     stats = cc3d.statistics(labels)
@@ -183,7 +183,7 @@ def simulate_rater(
         noise = gaussian_filter(rng.standard_normal(lesion.shape), smooth)
         noise *= boundary_sd_mm / max(noise.std(), 1e-9)
         out[box] |= signed < bias_mm + noise
-    allowed = ~truth if brain_mask is None else _as_mask(brain_mask, "brain_mask") & ~truth
+    allowed = ~truth if brain_mask is None else as_mask(brain_mask, "brain_mask") & ~truth
     candidates = np.argwhere(allowed)
     grid = np.indices((7, 7, 7)).reshape(3, -1).T - 3
     for _ in range(n_false_positives if len(candidates) else 0):
@@ -192,7 +192,7 @@ def simulate_rater(
         points = points[np.all((points >= 0) & (points < truth.shape), axis=1)]
         out[tuple(points.T)] = True
     if brain_mask is not None:
-        out &= _as_mask(brain_mask, "brain_mask")
+        out &= as_mask(brain_mask, "brain_mask")
     return out.astype(np.uint8)
 
 

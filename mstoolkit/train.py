@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .doctor import release_memory
+from .runtime import pick_device, release_memory
 from .io import Case, MSToolkitInputError
 from .models import build_model, export_reference, save_model
 from .plots import plot_history
@@ -52,7 +52,6 @@ __all__ = [
     "REFERENCE_TITLE",
     "TrainConfig",
     "build_loss",
-    "pick_device",
     "amp_settings",
     "seed_everything",
     "train",
@@ -182,31 +181,6 @@ def build_loss(name: str = "dice_ce") -> nn.Module:
     if name == "tversky":
         return losses.TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, batch=True)
     raise MSToolkitInputError(f"Unknown loss {name!r}; allowed: {', '.join(LOSS_NAMES)}.")
-
-
-def pick_device(device: str = "auto", *, verbose: bool = True) -> torch.device:
-    """``"auto"``: CUDA if present, else Apple MPS, else CPU (saying so in one line).
-
-    >>> pick_device("cpu").type
-    'cpu'
-    """
-    choices = ("auto", "cpu", "cuda", "mps")
-    base = str(device).split(":")[0]
-    if base not in choices:
-        raise MSToolkitInputError(f"'device' must be one of {', '.join(choices)}, got {device!r}.")
-    if base == "cuda" and not torch.cuda.is_available():
-        raise MSToolkitInputError("device 'cuda' was asked for but torch sees no CUDA GPU; use device='auto' or 'cpu'.")
-    if base == "mps" and not torch.backends.mps.is_available():
-        raise MSToolkitInputError("device 'mps' was asked for but this machine has no Apple GPU; use 'auto' or 'cpu'.")
-    if base != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    if verbose:
-        print(f"No GPU found: running on the CPU ({torch.get_num_threads()} threads); training will be slower.")
-    return torch.device("cpu")
 
 
 def amp_settings(device: torch.device | str, *, enabled: bool = True, bf16_supported: bool | None = None) -> tuple[bool, torch.dtype, bool]:

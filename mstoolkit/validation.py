@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .doctor import release_memory
+from .runtime import release_memory
 
 if TYPE_CHECKING:
     from .train import TrainConfig

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .io import Case, MSToolkitInputError
-from .plots import _AXIS, _MARKERS, OVERLAY_COLOURS, OVERLAY_MODES, PLANES, _check_mode, _check_plane
-from .plots import _check_spacing, _check_volume, auto_window, overlay_rgba, slice_spacing, take_slice
+from .plots import PLANE_AXIS, PLANE_EDGE_LETTERS, OVERLAY_COLOURS, OVERLAY_MODES, PLANES, check_overlay_mode, check_plane
+from .plots import check_display_spacing, check_volume, auto_window, overlay_rgba, slice_spacing, take_slice
 
 __all__ = ["BACKENDS_3D", "render_slice", "SliceViewer", "SideBySide", "view",
            "view_side_by_side", "view_3d", "headless_reason"]
@@ -43,10 +43,10 @@ _HEADLESS_PARENTS = ("papermill", "nbclient", "nbconvert", "pytest", "notebooks 
 
 
 def _check_options(plane: str, mode: str, opacity: float) -> int:
-    _check_mode(mode)
+    check_overlay_mode(mode)
     if not 0.0 <= float(opacity) <= 1.0:
         raise MSToolkitInputError(f"'opacity' must be between 0 and 1, got {opacity}.")
-    return _check_plane(plane)
+    return check_plane(plane)
 
 
 def _check_overlay_grid(extra: Any, shape: tuple, name: str) -> np.ndarray | None:
@@ -71,7 +71,7 @@ def _annotate(picture: Image.Image, plane: str) -> None:
         return  # too small to label legibly (toy volumes in tests)
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=max(10, min(picture.size) // 18))
-    left, right = _MARKERS[plane]
+    left, right = PLANE_EDGE_LETTERS[plane]
     middle = picture.size[1] // 2
     style = {"fill": "white", "stroke_width": 2, "stroke_fill": "black", "font": font}
     draw.text((3, middle), left, anchor="lm", **style)
@@ -131,9 +131,9 @@ def render_slice(
     >>> render_slice(np.random.default_rng(0).random((7, 8, 9)), plane="coronal", index=3)[:4]
     b'\\x89PNG'
     """
-    image = _check_volume(image, "image")
+    image = check_volume(image, "image")
     axis = _check_options(plane, mode, opacity)
-    spacing = _check_spacing(spacing)
+    spacing = check_display_spacing(spacing)
     overlay = _check_overlay_grid(overlay, image.shape, "overlay")
     truth = _check_overlay_grid(truth, image.shape, "truth")
     index = image.shape[axis] // 2 if index is None else index
@@ -239,7 +239,7 @@ class SliceViewer:
 
     def _start_index(self, plane: str) -> int:
         # Start on the slice with the most lesion voxels, else in the middle of the volume.
-        axis, shape = _AXIS[plane], next(iter(self.images.values())).shape
+        axis, shape = PLANE_AXIS[plane], next(iter(self.images.values())).shape
         if self.mask is not None and self.mask.any():
             return int(np.bincount(np.argwhere(self.mask)[:, axis]).argmax())
         return shape[axis] // 2
@@ -263,7 +263,7 @@ class SliceViewer:
     def _on_plane(self, change: dict) -> None:
         self._positions[change["old"]] = self.slider.value
         self._hold = True
-        size = next(iter(self.images.values())).shape[_AXIS[change["new"]]]
+        size = next(iter(self.images.values())).shape[PLANE_AXIS[change["new"]]]
         self.slider.max = size - 1
         self.slider.value = min(self._positions[change["new"]], size - 1)
         self._hold = False
@@ -293,8 +293,8 @@ class SliceViewer:
 def _as_images(case_or_image: Case | np.ndarray, spacing: Sequence[float] | None) -> tuple[dict, tuple, Any]:
     if isinstance(case_or_image, Case):
         return dict(case_or_image.images), case_or_image.spacing, case_or_image.mask
-    image = _check_volume(case_or_image, "image")
-    return {"image": image}, _check_spacing((1.0, 1.0, 1.0) if spacing is None else spacing), None
+    image = check_volume(case_or_image, "image")
+    return {"image": image}, check_display_spacing((1.0, 1.0, 1.0) if spacing is None else spacing), None
 
 
 def view(
@@ -467,7 +467,7 @@ def view_3d(
         image, affine, mask = case_or_image.images[sequence], case_or_image.affine, (
             case_or_image.mask if mask is None else mask)
     else:
-        image = _check_volume(case_or_image, "image")
+        image = check_volume(case_or_image, "image")
         affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
     mask = _check_overlay_grid(mask, image.shape, "mask")
     if backend == "2d":

@@ -36,7 +36,7 @@ def test_missing_package_is_reported(monkeypatch, capsys):
 
 RELEASE_PROBE = """
 import numpy as np, psutil
-from mstoolkit.doctor import release_memory
+from mstoolkit.runtime import release_memory
 process = psutil.Process()
 blocks, pins = [], []
 for _ in range(2000):

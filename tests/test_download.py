@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mstoolkit import archives, download, fetch, importers
+from mstoolkit import archives, data_commands, download, fetch, importers
 from mstoolkit.cli import build_parser, main
 from mstoolkit.datasets import list_cases, load_dataset_case
 from mstoolkit.io import MSToolkitInputError, load_mask
@@ -374,7 +374,7 @@ def test_registration_datasets_print_the_steps(capsys):
     assert "needs registration" in out and "https://smart-stats-tools.org/lesion-challenge" in out
     assert "mstoolkit data import isbi2015" in out
     with pytest.raises(MSToolkitInputError, match="'--subset' and '--patients' apply to open_ms_data only, not to mslesseg"):
-        download.cli_download(build_parser().parse_args(["data", "download", "mslesseg", "--patients", "3"]))
+        data_commands.cli_download(build_parser().parse_args(["data", "download", "mslesseg", "--patients", "3"]))
     assert main(["data", "download", "mslesseg", "--subset", "x"]) == 2  # the command line turns it into a message
     assert main(["data", "list"]) == 0
     listing = capsys.readouterr().out

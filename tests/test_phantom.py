@@ -100,7 +100,7 @@ def test_lesion_statistics_match_the_fitted_ranges():
 
 def test_periventricular_lesions_point_away_from_the_ventricles():
     _, anatomy, lesions = _scene_mask(0)
-    template = phantom_anatomy._template()
+    template = phantom_anatomy.load_template()
     dots = []
     for les in lesions:
         if les.zone != "periventricular":
@@ -178,12 +178,12 @@ def test_bad_options_raise_clear_errors(call, message):
 
 
 def test_clear_cache_frees_the_cached_templates():
-    from mstoolkit.phantom_anatomy import _template
+    from mstoolkit.phantom_anatomy import load_template
 
-    _template()
-    assert _template.cache_info().currsize == 1
+    load_template()
+    assert load_template.cache_info().currsize == 1
     phantom.clear_cache()
-    assert _template.cache_info().currsize == 0
+    assert load_template.cache_info().currsize == 0
 
 
 def test_real_lesion_masks_are_split_without_the_evaluation_case():

@@ -15,13 +15,13 @@ import torch
 from mstoolkit.io import Case, MSToolkitInputError
 from mstoolkit.models import export_reference, load_model
 from mstoolkit.plots import plot_history
+from mstoolkit.runtime import pick_device
 from mstoolkit.train import (
     LOSS_NAMES,
     PRESETS,
     TrainConfig,
     amp_settings,
     build_loss,
-    pick_device,
     train,
     train_ensemble,
 )
