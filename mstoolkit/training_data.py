@@ -22,7 +22,7 @@ import torch
 from .io import Case, MSToolkitInputError, bounding_box
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .training_config import TrainConfig
 
 __all__ = ["cache_cases", "split_train_val", "load_training_cases", "reference_phantom_cases"]
 

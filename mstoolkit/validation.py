@@ -18,7 +18,7 @@ from torch import nn
 from .runtime import release_memory
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .training_config import TrainConfig
 
 __all__ = ["MIN_LESION_CANDIDATES_MM3"]
 
