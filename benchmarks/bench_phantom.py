@@ -50,7 +50,7 @@ def _lesion_stats(masks: list[np.ndarray]) -> dict:
         counts.append(int(labels.max()))
         volumes += [int(v) for v in stats["voxel_counts"][1:]]
         zones += phantom_lesions._zone_of(stats["centroids"][1:])
-    share = {zone: round(zones.count(zone) / max(len(zones), 1), 3) for zone in phantom_anatomy._ZONES}
+    share = {zone: round(zones.count(zone) / max(len(zones), 1), 3) for zone in phantom_anatomy.LESION_ZONES}
     totals = [float(m.sum()) / 1000 for m in masks]
     return {"subjects": len(masks), "count_median": float(np.median(counts)), "count_range": [min(counts), max(counts)],
             "volume_mm3_percentiles_5_50_95": [float(np.percentile(volumes, q)) for q in (5, 50, 95)],
@@ -100,9 +100,9 @@ def _figure(case, real: dict, real_mask: np.ndarray, stats: dict, path: Path) ->
     ax.set_title("lesion volumes", fontsize=10)
     ax.set_xlabel("log10 volume (mm³)"), ax.set_ylabel("density"), ax.legend(fontsize=8)
     ax = axes[2, 3]
-    x = np.arange(len(phantom_anatomy._ZONES))
+    x = np.arange(len(phantom_anatomy.LESION_ZONES))
     for offset, key, colour in ((-0.2, "phantom", PHANTOM_COLOUR), (0.2, "real", REAL_COLOUR)):
-        ax.bar(x + offset, [stats[key]["zone_share"][z] for z in phantom_anatomy._ZONES], 0.4, color=colour, label=key)
+        ax.bar(x + offset, [stats[key]["zone_share"][z] for z in phantom_anatomy.LESION_ZONES], 0.4, color=colour, label=key)
     ax.set_xticks(x, ["periventr.", "juxtacort.", "deep WM", "infratent."], fontsize=8)
     ax.set_title("lesion location (share of lesions)", fontsize=10), ax.set_ylabel("share"), ax.legend(fontsize=8)
     fig.suptitle(f"Synthetic phantom (seed {case.meta['seed']}, profile '{case.meta['profile']}') vs a real MS patient "
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--figure-seed", type=int, default=0)
     args = parser.parse_args()
 
-    _, template_s, _ = _timed(lambda: (phantom_anatomy._template(), phantom_anatomy._noise_volume("fine"), phantom_anatomy._noise_volume("coarse")))
+    _, template_s, _ = _timed(lambda: (phantom_anatomy.load_template(), phantom_anatomy.noise_volume("fine"), phantom_anatomy.noise_volume("coarse")))
     walls, cpus, masks = [], [], []
     for seed in range(args.n):
         case, wall, cpu = _timed(phantom.generate_subject, seed=seed)

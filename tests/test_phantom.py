@@ -20,7 +20,7 @@ def case():
 def _scene_mask(seed: int) -> tuple[np.ndarray, dict, list]:
     """The lesion mask of subject ``seed`` without rendering images (cheaper)."""
     anatomy, lesions, _, _ = phantom._scene(seed)
-    tissue = phantom._tissue_with_lesions(anatomy, phantom_lesions._rasterise(lesions)[0])
+    tissue = phantom._tissue_with_lesions(anatomy, phantom_lesions.rasterise_lesions(lesions)[0])
     lesion, _ = phantom._masks(tissue)
     return (lesion > 0.5).astype(np.uint8), anatomy, lesions
 

@@ -17,12 +17,12 @@ from mstoolkit.io import MSToolkitInputError
 
 def test_sitk_image_matches_nibabel_world_in_lps():
     affine = np.array([[0, 0, -3.0, 10], [1.5, 0, 0, -20], [0, 2.0, 0, 5], [0, 0, 0, 1]])
-    img = registration._to_sitk(np.zeros((7, 8, 9), np.float32), affine)
+    img = registration.to_sitk(np.zeros((7, 8, 9), np.float32), affine)
     assert img.GetSize() == (7, 8, 9)
     ras = affine @ np.array([2, 3, 4, 1.0])
     lps = img.TransformIndexToPhysicalPoint((2, 3, 4))
     np.testing.assert_allclose(lps, [-ras[0], -ras[1], ras[2]], atol=1e-6)
-    back = registration._from_sitk(registration._to_sitk(np.arange(504, dtype=np.float32).reshape(7, 8, 9), affine))
+    back = registration.from_sitk(registration.to_sitk(np.arange(504, dtype=np.float32).reshape(7, 8, 9), affine))
     np.testing.assert_array_equal(back, np.arange(504).reshape(7, 8, 9))
 
 
