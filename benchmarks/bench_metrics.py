@@ -75,11 +75,11 @@ def main() -> dict:
     for truth, source in load_truths():
         pred = simulate_rater(truth, spacing=(1.0, 1.0, 1.0), seed=1, n_false_positives=5).astype(bool)
         n_lesions = cc3d.connected_components(truth, connectivity=26, return_N=True)[1]
-        t_evaluate, result = best_time(lambda: evaluate(pred, truth, spacing=(1.0, 1.0, 1.0)))
-        t_hd95, ours = best_time(lambda: hd95(pred, truth, spacing=(1.0, 1.0, 1.0)))
+        t_evaluate, result = best_time(lambda pred=pred, truth=truth: evaluate(pred, truth, spacing=(1.0, 1.0, 1.0)))
+        t_hd95, ours = best_time(lambda pred=pred, truth=truth: hd95(pred, truth, spacing=(1.0, 1.0, 1.0)))
         y_pred, y = torch.from_numpy(pred[None, None]).float(), torch.from_numpy(truth[None, None]).float()
 
-        def monai_hd95() -> float:
+        def monai_hd95(y_pred=y_pred, y=y) -> float:
             monai_metric.reset()
             monai_metric(y_pred, y, spacing=(1.0, 1.0, 1.0))
             return float(monai_metric.aggregate())

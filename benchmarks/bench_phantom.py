@@ -26,8 +26,8 @@ import numpy as np
 
 from mstoolkit import phantom, phantom_anatomy, phantom_lesions
 from mstoolkit.datasets import real_sample_dir
-from mstoolkit.phantom_lesions import REAL_LESION_DIR
 from mstoolkit.io import load_image
+from mstoolkit.phantom_lesions import REAL_LESION_DIR
 
 TARGET_S = 3.0
 CONTOUR = "#E69F00"  # Okabe-Ito orange: visible on grey, colour-blind safe

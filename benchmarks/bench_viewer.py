@@ -57,13 +57,13 @@ def main() -> dict:
         }
         for name, options in styles.items():
             results[f"render_{plane}_{name}_ms"] = _ms_per_step(
-                lambda i: viewer.render_slice(image, plane=plane, index=start + i, **options)
+                lambda i, plane=plane, start=start, options=options: viewer.render_slice(image, plane=plane, index=start + i, **options)
             )
         widget = viewer.view(image, mask=mask, prediction=probability, spacing=(1, 1, 1))
         widget.plane.value = plane
         widget.slider.value = start
 
-        def widget_step(i: int) -> None:
+        def widget_step(i: int, widget=widget, start=start) -> None:
             widget.slider.value = start + 1 + i % (STEPS - 1)
 
         results[f"widget_step_{plane}_ms"] = _ms_per_step(widget_step)

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runtime import pick_device, release_memory
 from .io import Case, MSToolkitInputError, bounding_box, spacing_from_affine
+from .runtime import pick_device, release_memory
 
 __all__ = ["brain_region", "prepare_inputs", "check_model_inputs", "predict", "remove_small_lesions", "lesion_report", "segment_files", "cli_segment"]
 
@@ -289,7 +289,8 @@ def _onto_flair_grid(image: np.ndarray, affine: np.ndarray, flair: np.ndarray, f
     from .io import check_same_grid
 
     if register:
-        from .registration import register as register_images, resample_to_reference
+        from .registration import register as register_images
+        from .registration import resample_to_reference
 
         transform = register_images(image, affine, flair, flair_affine, kind="rigid")
         return resample_to_reference(image, affine, flair.shape, flair_affine, transform=transform)

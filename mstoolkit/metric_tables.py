@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .io import MSToolkitInputError, bounding_box
-from .metrics import check_metric_options, check_spacing, match_lesions, prepare_masks, evaluate
+from .metrics import check_metric_options, check_spacing, evaluate, match_lesions, prepare_masks
 
 __all__ = ["evaluate_cohort", "lesion_table", "metrics_by_lesion_size"]
 

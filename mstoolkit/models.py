@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .runtime import pick_device, release_memory
 from .io import MSToolkitInputError
+from .runtime import pick_device, release_memory
 
 __all__ = [
     "MODEL_NAMES",

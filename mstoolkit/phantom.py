@@ -27,19 +27,19 @@ from scipy import ndimage as ndi
 from . import __version__
 from .io import Case, MSToolkitInputError
 from .phantom_anatomy import (
-    MNI_CENTRE_VOXEL,
     MNI_AFFINE,
+    MNI_CENTRE_VOXEL,
     MNI_SHAPE,
     individual_anatomy,
+    load_template,
     noise_volume,
     rotation_matrix,
     smooth_field,
-    load_template,
 )
 from .phantom_lesions import (
     MAX_LESION_COUNT,
-    check_real_mask_name,
     OvoidLesion,
+    check_real_mask_name,
     rasterise_lesions,
     real_mask_lesions,
     sample_lesions,

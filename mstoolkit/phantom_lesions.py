@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import MSToolkitInputError
-from .phantom_anatomy import MNI_CENTRE_VOXEL, HEAD_SCALE, LESION_ZONES, MNI_AFFINE, MNI_SHAPE, load_template
+from .phantom_anatomy import HEAD_SCALE, LESION_ZONES, MNI_AFFINE, MNI_CENTRE_VOXEL, MNI_SHAPE, load_template
 
 __all__ = ["REAL_LESION_DIR", "REAL_LESION_MASKS"]
 

@@ -30,10 +30,10 @@ from .registration import (
     check_image,
     check_optional_mask,
     from_sitk,
-    to_sitk,
     register,
     resample_to_reference,
     resample_to_spacing,
+    to_sitk,
 )
 
 __all__ = [

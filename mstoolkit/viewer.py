@@ -27,8 +27,21 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .io import Case, MSToolkitInputError
-from .plots import PLANE_AXIS, PLANE_EDGE_LETTERS, OVERLAY_COLOURS, OVERLAY_MODES, PLANES, check_overlay_mode, check_plane
-from .plots import check_display_spacing, check_volume, auto_window, overlay_rgba, slice_spacing, take_slice
+from .plots import (
+    OVERLAY_COLOURS,
+    OVERLAY_MODES,
+    PLANE_AXIS,
+    PLANE_EDGE_LETTERS,
+    PLANES,
+    auto_window,
+    check_display_spacing,
+    check_overlay_mode,
+    check_plane,
+    check_volume,
+    overlay_rgba,
+    slice_spacing,
+    take_slice,
+)
 
 __all__ = ["BACKENDS_3D", "render_slice", "SliceViewer", "SideBySide", "view",
            "view_side_by_side", "view_3d", "headless_reason"]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import mstoolkit
-
 from mstoolkit.datasets import CaseFiles, bids_paths, list_cases, load_dataset_case, real_sample_dir
 from mstoolkit.io import MSToolkitInputError
 

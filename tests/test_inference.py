@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from mstoolkit.cli import main
-from mstoolkit.io import Case, MSToolkitInputError, load_image
 from mstoolkit.inference import brain_region, lesion_report, predict, prepare_inputs, remove_small_lesions, segment_files
+from mstoolkit.io import Case, MSToolkitInputError, load_image
 from mstoolkit.models import build_model, save_model
 
 
@@ -160,7 +160,7 @@ def test_segment_matches_predict_with_a_known_model(odd_files, tmp_path, monkeyp
 
     monkeypatch.setattr(models, "load_model", lambda source, device="cpu": (_BrightFlair(), {"name": "rule", "sequences": ["FLAIR", "T1"]}))
     report = segment_files(odd_files["FLAIR"], tmp_path / "o", t1=odd_files["T1"], device="cpu")
-    assert report["lesion_count"] == 2 and [l["volume_mm3"] for l in report["lesions"]] == pytest.approx([77.76, 1.62])
+    assert report["lesion_count"] == 2 and [lesion["volume_mm3"] for lesion in report["lesions"]] == pytest.approx([77.76, 1.62])
     mask = np.asarray(nib.load(tmp_path / "o" / "lesion_mask.nii.gz").dataobj)  # the file's own voxel order
     assert mask[10:14, 12:16, 7:10].all() and mask[4, 6, 4] == 1 and mask.sum() == 49
 

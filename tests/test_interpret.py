@@ -145,7 +145,9 @@ def test_integrated_gradients_completeness(toy, inputs, region):
                                         internal_batch_size=8)
     weight = torch.from_numpy(region).float()
     with torch.no_grad():
-        score = lambda v: float((toy(torch.from_numpy(v)[None])[0, 0] * weight).sum())
+        def score(v):
+            return float((toy(torch.from_numpy(v)[None])[0, 0] * weight).sum())
+
         change = score(inputs) - score(np.zeros_like(inputs))
     assert found.sum() == pytest.approx(change, rel=0.02)
 

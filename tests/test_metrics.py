@@ -96,8 +96,8 @@ def test_evaluate_voxel_counts_and_volumes():
 
 
 def _monai_hd95(pred, truth, spacing):
-    from monai.metrics import compute_hausdorff_distance
     import torch
+    from monai.metrics import compute_hausdorff_distance
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -70,7 +70,9 @@ def test_comparison_figure_colours_tp_fp_fn(image):
     fig = plots.comparison_figure(image, prediction, truth, indices=[4], title="Agreement")
     _assert_titled_and_labelled(fig, "Agreement")
     rgba = fig.axes[0].images[1].get_array()
-    picture = lambda x, y: tuple(rgba[SHAPE[1] - 1 - y, SHAPE[0] - 1 - x, :3] / 255)  # radiological orientation
+    def picture(x, y):  # radiological orientation
+        return tuple(rgba[SHAPE[1] - 1 - y, SHAPE[0] - 1 - x, :3] / 255)
+
     assert picture(1, 1) == pytest.approx(to_rgb(plots.OVERLAY_COLOURS["TP"]))
     assert picture(5, 2) == pytest.approx(to_rgb(plots.OVERLAY_COLOURS["FP"]))
     assert picture(3, 6) == pytest.approx(to_rgb(plots.OVERLAY_COLOURS["FN"]))

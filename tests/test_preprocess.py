@@ -7,9 +7,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from conftest import shared_sample_dir
+from scipy import ndimage
 
 from mstoolkit import preprocess as pp
 from mstoolkit import registration

@@ -120,7 +120,8 @@ def test_register_affine_across_contrast(synthetic_head, template2):
     image, truth, head_affine, move = synthetic_head
     t1, brain, affine = template2
     inverted = np.where(image > 0.05, 1.2 - image, 0).astype(np.float32)  # a T2-like contrast
-    matrix = registration.register(inverted, head_affine, t1, affine, kind="affine", reference_mask=ndimage.binary_dilation(brain, iterations=2).astype(np.uint8))
+    around_brain = ndimage.binary_dilation(brain, iterations=2).astype(np.uint8)
+    matrix = registration.register(inverted, head_affine, t1, affine, kind="affine", reference_mask=around_brain)
     points = (np.c_[np.argwhere(truth), np.ones(int(truth.sum()))] @ head_affine.T)[:, :3]
     # the smooth deformation is not affine; the average error stays small
     assert registration.displacement_mm(matrix, np.linalg.inv(move), points).mean() < 2.0

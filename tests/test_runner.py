@@ -251,7 +251,8 @@ def test_write_student_versions_missing_file(tmp_path):
 
 INTRO = (
     "# 07 · A toy lesson\n\n"
-    "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mstoolkit/mstoolkit/blob/main/notebooks/07_toy.ipynb) "
+    "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    "(https://colab.research.google.com/github/mstoolkit/mstoolkit/blob/main/notebooks/07_toy.ipynb) "
     "[![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/mstoolkit/mstoolkit/main?urlpath=lab/tree/notebooks/07_toy.ipynb)\n\n"
     "**Learning objectives**\n- one\n\n**Prerequisites**: none\n\n**Estimated time: 15 minutes**"
 )
