@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PROFILE ?= workshop
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit notebooks data install clean benchmarks student browser-test
+.PHONY: run test lint unit notebooks data install clean benchmarks student browser-test
 
 install: $(STAMP)
 
@@ -30,8 +30,12 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest -m "notebook and not browser" -q
 
-test: $(STAMP)
+# lint (package, tests, benchmarks and notebooks), then every test and docstring example but the browser's
+test: lint
 	$(BIN)/python -m pytest -q -m "not browser"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # JupyterLab in Debian's chromium, driven by Playwright (no browser download).
 browser-test: $(STAMP)

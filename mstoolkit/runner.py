@@ -56,7 +56,6 @@ if importlib.util.find_spec("mstoolkit") is None:
     else:
         raise ModuleNotFoundError("mstoolkit is not installed: run `make run` in the repository, or `pip install -e .`")
 
-import mstoolkit
 from mstoolkit.doctor import describe_runtime
 
 describe_runtime()  # one line: versions, GPU or CPU, Colab/Binder/local'''
