@@ -216,6 +216,7 @@ def resample_to_spacing(
     Returns the new array and affine (same axis directions). Linear for images,
     nearest for masks (``is_mask=True``, uint8 result). Introduced in notebook 02.
 
+    >>> from mstoolkit.io import spacing_from_affine
     >>> out, new_affine = resample_to_spacing(np.zeros((10, 10, 4)), np.diag([1, 1, 3, 1.0]), (2, 2, 2))
     >>> out.shape, spacing_from_affine(new_affine)
     ((5, 5, 6), (2.0, 2.0, 2.0))
