@@ -1,12 +1,14 @@
 """Benchmark of mstoolkit.uncertainty on one 1 mm brain (182×218×182), on 2 CPU threads.
 
 Measures 10 MC-dropout samples (target: ≤ 60 s, peak memory ≤ 2 GB) and the uncertainty maps
-computed from them. Also reports the quality figures on patient26 and two phantom subjects: area
-above the nDSC retention curve with entropy and mutual information vs the mean of 5 random orders
-(target: ≥ 20 % smaller), mean lesion uncertainty of false- vs true-positive lesions, and the ECE
-inside the brain before/after temperature scaling (temperature fitted on phantom sub-001). Each measurement runs in a fresh process, so its peak resident memory is its
-own (it includes Python, torch and the loaded scan). Uses the real sample's patient26 when present,
-else a phantom subject, and the reference model. Prints the figures and writes
+computed from them. Also reports the quality figures on patient26 and the test subjects of the
+``quick`` subject split (``mstoolkit.datasets.SUBJECT_SPLITS``): area above the nDSC retention curve
+with entropy and mutual information vs the mean of 5 random orders (target: ≥ 20 % smaller), mean
+lesion uncertainty of false- vs true-positive lesions, and the ECE inside the brain before/after
+temperature scaling (temperature fitted on the split's calibration subjects, which are not reported).
+Each measurement runs in a fresh process, so its peak resident memory is its own (it includes
+Python, torch and the loaded scan). The timings use the shipped real sample's patient26
+(Lesjak et al. 2018, CC-BY) and the reference model. Prints the figures and writes
 build/benchmarks/uncertainty.json.
 
     python benchmarks/bench_uncertainty.py
@@ -46,22 +48,38 @@ def _quality() -> dict:
     import numpy as np
 
     from mstoolkit import calibration, uncertainty
-    from mstoolkit.datasets import ensure_phantom, list_cases, load_dataset_case, real_sample_dir
+    from mstoolkit.datasets import (
+        ensure_phantom,
+        list_cases,
+        load_dataset_case,
+        real_sample_dir,
+        subject_split,
+    )
     from mstoolkit.inference import brain_region, prepare_inputs
     from mstoolkit.models import load_model
 
     limit_threads(2, torch=True)
     model, config = load_model("reference")
     sequences = tuple(config["sequences"])
-    cases = [c.load() for c in list_cases(ensure_phantom(None, n_subjects=2, seed=0))]
-    cases.append(load_dataset_case(real_sample_dir(), "patient26"))
-    rng = np.random.default_rng(0)
-    results, temperature = {}, None
-    for case in cases:
+    split = subject_split("quick")
+    refs = list_cases(ensure_phantom(None, n_subjects=split.n_subjects, seed=0))
+
+    def mc_maps(case):
         brain = brain_region(case)
         samples = uncertainty.sample_predictions(model, prepare_inputs(case, sequences), method="mc_dropout", n=10,
                                                  brain_mask=brain)
-        maps = uncertainty.uncertainty_maps(samples)
+        return brain, samples, uncertainty.uncertainty_maps(samples)
+
+    fitted = [mc_maps(case) + (case.mask,) for case in (ref.load(sequences) for ref in split.select(refs, "calibration"))]
+    temperature = calibration.fit_temperature([maps["mean"] for _, _, maps, _ in fitted], [mask for *_, mask in fitted],
+                                              brain_masks=[brain for brain, *_ in fitted])
+    del fitted
+    tested = [ref.load(sequences) for ref in split.select(refs, "test")]
+    tested.append(load_dataset_case(real_sample_dir(), "patient26", sequences=sequences))
+    rng = np.random.default_rng(0)
+    results = {}
+    for case in tested:
+        brain, samples, maps = mc_maps(case)
         pred = maps["mean"] >= 0.5
         found = {"predicted_voxels": int(pred.sum()), "truth_voxels": int(case.mask.sum())}
         randoms = [uncertainty.retention_curve(pred, case.mask, rng.random(pred.shape), brain_mask=brain)["area_above"]
@@ -76,9 +94,7 @@ def _quality() -> dict:
             chosen = lesions.loc[lesions["status"] == status, "uncertainty"] if len(lesions) else []
             found[f"n_{status}_lesions"] = len(chosen)
             found[f"mean_mi_{status}_lesions"] = round(float(np.mean(chosen)), 5) if len(chosen) else None
-        if temperature is None:  # the first phantom subject is the validation scan
-            temperature = calibration.fit_temperature(maps["mean"], case.mask, brain_masks=brain)
-        found["temperature_from_sub-001"] = round(temperature, 3)
+        found["temperature_from_calibration_subjects"] = round(temperature, 3)
         found["ece_before"] = round(calibration.calibration(maps["mean"], case.mask, brain_mask=brain)["ece"], 4)
         found["ece_after"] = round(calibration.calibration(calibration.apply_temperature(maps["mean"], temperature),
                                                            case.mask, brain_mask=brain)["ece"], 4)

@@ -4,9 +4,10 @@ A model is calibrated when, of all the voxels it gives a lesion probability of 0
 about 80 % are lesion. :func:`calibration` measures this inside the brain only (the
 millions of easy background voxels would otherwise hide any miscalibration): the
 expected calibration error (ECE) and the data of a reliability diagram
-(:func:`plot_reliability`). :func:`fit_temperature` learns one temperature on
-validation cases; :func:`apply_temperature` then softens an over-confident model (or
-sharpens an under-confident one) without changing which voxels rank higher.
+(:func:`plot_reliability`). :func:`fit_temperature` learns one temperature on held-out
+calibration cases; :func:`apply_temperature` then softens an over-confident model (or
+sharpens an under-confident one) without changing which voxels rank higher. The mask at
+any threshold other than 0.5 does change: ``sigmoid(z / T) >= t`` ⇔ ``z >= T · logit(t)``.
 
 Introduced in notebook 06 (uncertainty).
 """
@@ -74,9 +75,11 @@ def fit_temperature(
 ) -> float:
     """Temperature T minimising the lesion log-loss of ``sigmoid(logit(p) / T)`` inside the brain.
 
-    Fit it on *validation* cases (never on the case you then report): T > 1 softens an
-    over-confident model, T < 1 sharpens an under-confident one. Ranking, and so the mask at
-    threshold 0.5, does not change. Pass one case or lists of cases.
+    Fit it on held-out *calibration* cases (never on the cases you then report, nor on those
+    that trained the model or chose its checkpoint): T > 1 softens an over-confident model,
+    T < 1 sharpens an under-confident one. Ranking, and so the mask at threshold 0.5, does not
+    change; the mask at any other threshold t does (keep it with ``sigmoid(logit(t) / T)``).
+    Pass one case or lists of cases.
 
     Introduced in notebook 06.
     """

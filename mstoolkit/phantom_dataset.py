@@ -37,7 +37,8 @@ from .phantom import (
 )
 from .phantom_anatomy import load_template
 
-__all__ = ["cli_phantom", "cli_prepare", "ensure_phantom", "generate_dataset", "phantom_dir", "raw_paths"]
+__all__ = ["cli_phantom", "cli_prepare", "dataset_profile", "ensure_phantom", "generate_dataset", "phantom_dir", "raw_paths",
+           "render_subject"]
 
 
 def raw_paths(data_dir: str | os.PathLike, subject: str, session: str | None = None) -> dict[str, Path]:
@@ -67,6 +68,32 @@ def _save_case(case: Case, paths: dict[str, Path]) -> None:
 
 def _subject_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def dataset_profile(index: int) -> str:
+    """The scanner profile that renders subject ``index`` (1-based) of a dataset written without ``profile``.
+
+    >>> [dataset_profile(i) for i in (1, 2, 5)]
+    ['standard', 'low_field', 'standard']
+    """
+    return list(PROFILES)[(index - 1) % len(PROFILES)]
+
+
+def render_subject(index: int, profile: str | None = None, *, seed: int, spacing: Sequence[float] | None = None,
+                   t1ce: bool = False) -> Case:
+    """Subject ``sub-{index:03d}`` of the dataset ``generate_dataset(seed=seed)``, seen by scanner ``profile``.
+
+    The anatomy and lesions are those of the subject on disk (they depend on the subject's seed
+    only); ``profile`` (default: the one the dataset used, :func:`dataset_profile`) changes
+    contrast, noise, bias field and slice thickness. Rendered through the dataset's own profile,
+    the images equal the files on disk up to their rounding to int16. Notebook 03 uses it to
+    show the same test subjects through every scanner (domain shift).
+    """
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 1:
+        raise MSToolkitInputError(f"'index' must be a subject number >= 1 (1 for sub-001), got {index!r}.")
+    chosen = dataset_profile(index) if profile is None else profile
+    return generate_subject(seed=_subject_seed(check_seed(seed), int(index)), profile=chosen, spacing=spacing,
+                            t1ce=t1ce, case_id=f"sub-{int(index):03d}")
 
 
 def generate_dataset(out_dir: str | os.PathLike, *, n_subjects: int, seed: int, longitudinal: bool = False,
@@ -113,7 +140,7 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_subjects: int, seed: int, 
     try:
         for i in tqdm(range(1, n_subjects + 1), desc="phantom", unit="subject", disable=not progress):
             subject, subject_seed = f"sub-{i:03d}", _subject_seed(seed, i)
-            chosen = profile or list(PROFILES)[(i - 1) % len(PROFILES)]
+            chosen = profile or dataset_profile(i)
             row = {"participant_id": subject, "profile": chosen, "seed": subject_seed,
                    "spacing_mm": "x".join(f"{s:g}" for s in (spacing or (1, 1, 1)))}
             options = {"seed": subject_seed, "profile": chosen, "spacing": spacing, "t1ce": t1ce}

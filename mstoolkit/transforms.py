@@ -161,9 +161,12 @@ class RandLesionContrastd(Randomizable, MapTransform):
 class RandBrainContrastd(Randomizable, MapTransform):
     """A random monotone intensity curve per channel, inside the brain only: contrast randomisation.
 
-    The idea of SynthSeg (Billot et al. 2023): if the distances between tissue intensities
-    keep changing in training, the network has to rely on their order and on shapes, which
-    carry over to other scanners. MONAI's ``RandHistogramShift`` draws the curve; unlike
+    A monotone curve keeps the *order* of tissue intensities and changes the distances between
+    them, so the network learns to rely less on exact contrasts and more on order and shape,
+    which carry over between scanners of one sequence. SynthSeg (Billot et al. 2023, Medical
+    Image Analysis 86:102789) goes further: it draws every tissue's intensity at random, so not
+    even the order is kept and one network segments any contrast. MONAI's ``RandHistogramShift``
+    draws the curve; unlike
     applying it to the whole patch, the background stays 0 (as in every skull-stripped
     input) and the brain keeps its mean and spread, so the z-score normalisation still holds.
     """

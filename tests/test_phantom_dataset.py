@@ -72,3 +72,21 @@ def test_cli_reports_bad_options(tmp_path, capsys):
     code = cli_main(["data", "phantom", "--out", str(tmp_path / "x"), "--n", "0"])
     assert code == 2
     assert "'n_subjects' must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_render_subject_shows_the_same_subject_through_another_scanner(tmp_path):
+    out = ensure_phantom(tmp_path / "ds", n_subjects=2, seed=3, spacing=(3, 3, 3), progress=False)
+    on_disk = load_dataset_case(out, "sub-002")
+    assert phantom_dataset.dataset_profile(2) == "low_field" and "sub-002\tlow_field" in (out / "participants.tsv").read_text()
+    own = phantom_dataset.render_subject(2, seed=3, spacing=(3, 3, 3))  # the dataset's own profile: the files on disk
+    assert own.case_id == "sub-002" and own.meta["profile"] == "low_field"
+    np.testing.assert_allclose(on_disk.images["FLAIR"], own.images["FLAIR"], atol=0.51)
+    other = phantom_dataset.render_subject(2, "vendor_b", seed=3, spacing=(3, 3, 3))
+    assert other.meta["profile"] == "vendor_b"
+    np.testing.assert_array_equal(other.mask, on_disk.mask)  # same lesions
+    np.testing.assert_array_equal(other.brain_mask, on_disk.brain_mask)  # same anatomy
+    assert np.abs(other.images["FLAIR"] - own.images["FLAIR"]).mean() > 10  # another scanner
+    with pytest.raises(MSToolkitInputError, match="index"):
+        phantom_dataset.render_subject(0, seed=3)
+    with pytest.raises(MSToolkitInputError):
+        phantom_dataset.render_subject(1, "no_such_scanner", seed=3)
