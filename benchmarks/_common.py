@@ -83,7 +83,7 @@ def write_json(name: str, data: Any, *, path: str | os.PathLike | None = None) -
 def benchmark_scan():
     """The scan most benchmarks time: the shipped real sample's patient26 (1 mm MNI,
     FLAIR + T1; Lesjak et al. 2018, CC-BY)."""
-    from mstoolkit.datasets import load_dataset_case, real_sample_dir
+    from mstoolkit.data.datasets import load_dataset_case, real_sample_dir
 
     return load_dataset_case(real_sample_dir(), "patient26")
 

@@ -1,4 +1,4 @@
-"""Benchmark of mstoolkit.interpret: are the maps faithful, and what does a whole brain cost (2 CPU threads).
+"""Benchmark of mstoolkit.explain.interpret: are the maps faithful, and what does a whole brain cost (2 CPU threads).
 
 Figures, each measured in a fresh process (so its peak resident memory is its own; it includes
 Python, torch and the loaded scan):
@@ -39,8 +39,8 @@ BOX = (slice(40, 136),) * 3  # the tests' box: a true-positive lesion, a false p
 
 
 def _load():
-    from mstoolkit.inference import brain_region, prepare_inputs
-    from mstoolkit.models import load_model
+    from mstoolkit.segmentation.inference import brain_region, prepare_inputs
+    from mstoolkit.segmentation.models import load_model
 
     limit_threads(2, torch=True)
     case = benchmark_scan()
@@ -51,7 +51,7 @@ def _load():
 def _layers(model) -> dict[str, str]:
     from torch import nn
 
-    from mstoolkit import interpret
+    from mstoolkit.explain import interpret
 
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv3d)]
     return {**interpret.candidate_layers(model), "conv before the head": convs[-2]}
@@ -62,7 +62,7 @@ def _degeneracy(model, inputs, lesion) -> dict:
     import torch
     from torch import nn
 
-    from mstoolkit import interpret_checks
+    from mstoolkit.explain import interpret_checks
 
     layers = {**_layers(model), **{n: n for n, m in model.named_modules() if isinstance(m, nn.Conv3d) and n != "head"}}
     found = {}
@@ -79,7 +79,7 @@ def _degeneracy(model, inputs, lesion) -> dict:
 def _faithfulness(model, inputs, truth) -> list[dict]:
     import torch
 
-    from mstoolkit import interpret, interpret_checks
+    from mstoolkit.explain import interpret, interpret_checks
 
     with torch.no_grad():
         prediction = model(torch.from_numpy(inputs)[None])[0, 0].numpy() > 0
@@ -120,7 +120,7 @@ def _faithfulness(model, inputs, truth) -> list[dict]:
 
 def _one(name: str) -> dict:
     """Run one measurement in this (fresh) process."""
-    from mstoolkit import interpret, interpret_checks
+    from mstoolkit.explain import interpret, interpret_checks
 
     case, model, inputs, brain = _load()
     truth = case.mask > 0  # a fixed, known region: the ground-truth lesions
@@ -139,7 +139,7 @@ def _one(name: str) -> dict:
     elif name == "gradient_x_input_all_lesions":
         interpret.input_attribution(model, inputs, method="gradient_x_input", target=truth, roi_mask=brain)
     elif name == "quality":
-        from mstoolkit.inference import predict
+        from mstoolkit.segmentation.inference import predict
 
         _, predicted = predict(model, case, sequences=("FLAIR", "T1"))
         region = predicted > 0 if predicted.any() else truth

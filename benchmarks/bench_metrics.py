@@ -1,10 +1,10 @@
-"""Benchmark: mstoolkit.metrics.evaluate on a 182×218×182 pair with ~50 lesions, vs MONAI's HD95 alone.
+"""Benchmark: mstoolkit.evaluation.metrics.evaluate on a 182×218×182 pair with ~50 lesions, vs MONAI's HD95 alone.
 
 Run:  python benchmarks/bench_metrics.py   (prints figures, writes build/benchmarks/metrics.json)
 
-The pair is a phantom subject's lesion mask (mstoolkit.phantom) when that module
+The pair is a phantom subject's lesion mask (mstoolkit.phantom.generator) when that module
 is available, else ~50 synthetic ellipsoid lesions in the same grid; the
-prediction is a simulated second rater (mstoolkit.report.simulate_rater).
+prediction is a simulated second rater (mstoolkit.evaluation.report.simulate_rater).
 Timings are the best of several repeats on one CPU thread.
 """
 
@@ -19,8 +19,8 @@ limit_threads(1)  # one core, as the target says; set before numpy loads
 
 import numpy as np
 
-from mstoolkit.metrics import evaluate, hd95
-from mstoolkit.report import simulate_rater
+from mstoolkit.evaluation.metrics import evaluate, hd95
+from mstoolkit.evaluation.report import simulate_rater
 
 SHAPE = (182, 218, 182)
 REPEATS = 5
@@ -42,7 +42,7 @@ def synthetic_truth(n_lesions: int = 50, seed: int = 0) -> np.ndarray:
 def load_truths() -> list[tuple[np.ndarray, str]]:
     """The target pair (~50 lesions) and, when the phantom exists, its default lesion load too."""
     try:
-        from mstoolkit.phantom import generate_subject
+        from mstoolkit.phantom.generator import generate_subject
 
         truths = []
         for n_lesions, label in ((50, "phantom subject, seed 0, 50 lesions drawn"), (None, "phantom subject, seed 0, default load")):

@@ -19,7 +19,7 @@ import sys
 
 from _common import OUT_DIR, ROOT, write_json
 
-from mstoolkit.runner import run_notebooks
+from mstoolkit.course.runner import run_notebooks
 
 BINDER_LIMIT_MB = 2048
 

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mstoolkit import phantom, phantom_anatomy, phantom_lesions
-from mstoolkit.datasets import real_sample_dir
-from mstoolkit.io import load_image
-from mstoolkit.phantom_lesions import REAL_LESION_DIR
+from mstoolkit.data.datasets import real_sample_dir
+from mstoolkit.data.io import load_image
+from mstoolkit.phantom import anatomy as phantom_anatomy
+from mstoolkit.phantom import generator as phantom
+from mstoolkit.phantom import lesions as phantom_lesions
+from mstoolkit.phantom.lesions import REAL_LESION_DIR
 
 TARGET_S = 3.0
 CONTOUR = "#E69F00"  # Okabe-Ito orange: visible on grey, colour-blind safe

@@ -17,8 +17,9 @@ from _common import limit_threads, machine, write_json
 
 def _skull_on_case(seed: int):
     """The phantom's raw (skull-on, 1 x 1 x 3 mm) FLAIR resampled to 1 mm, and its true brain mask."""
-    from mstoolkit import phantom, registration
-    from mstoolkit.io import Case
+    from mstoolkit.data.io import Case
+    from mstoolkit.phantom import generator as phantom
+    from mstoolkit.preprocessing import registration
 
     raw = phantom.generate_raw_scan(seed=seed)
     image, affine = registration.reorient_to_ras(raw["images"]["FLAIR"], raw["affine"])
@@ -35,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     limit_threads(args.threads, torch=True, simpleitk=True)
 
-    from mstoolkit.preprocess import preprocess_case
+    from mstoolkit.preprocessing.preprocess import preprocess_case
 
     case, truth, source = _skull_on_case(args.seed)
     start = time.perf_counter()

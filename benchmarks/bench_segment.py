@@ -48,8 +48,8 @@ def _segment(flair: Path, t1: Path, out: Path, threads: int, model: str) -> tupl
 
 
 def _scores(pred_path: Path, truth, spacing) -> dict:
-    from mstoolkit.io import load_mask
-    from mstoolkit.metrics import evaluate
+    from mstoolkit.data.io import load_mask
+    from mstoolkit.evaluation.metrics import evaluate
 
     pred, _ = load_mask(pred_path)
     result = evaluate(pred, truth, spacing=spacing, connectivity=26, matching="any_overlap")
@@ -61,11 +61,11 @@ def _phantom_scores(n: int, model_name: str, first_seed: int, real_lesions: bool
     """Dice and lesion F1 of the model on phantom subjects it never saw (profiles in turn)."""
     import numpy as np
 
-    from mstoolkit.inference import predict
-    from mstoolkit.metrics import evaluate
-    from mstoolkit.models import load_model
-    from mstoolkit.phantom import PROFILES, generate_subject
-    from mstoolkit.phantom_lesions import REAL_LESION_MASKS
+    from mstoolkit.evaluation.metrics import evaluate
+    from mstoolkit.phantom.generator import PROFILES, generate_subject
+    from mstoolkit.phantom.lesions import REAL_LESION_MASKS
+    from mstoolkit.segmentation.inference import predict
+    from mstoolkit.segmentation.models import load_model
 
     masks = REAL_LESION_MASKS["heldout"]
     model, config = load_model(model_name)
@@ -95,8 +95,8 @@ def main() -> None:
     parser.add_argument("--phantom-only", action="store_true", help="skip the real case and the timing")
     parser.add_argument("--real-lesions", action="store_true", help="phantom subjects with the held-out real lesion masks")
     args = parser.parse_args()
-    from mstoolkit.datasets import real_sample_dir
-    from mstoolkit.io import load_mask
+    from mstoolkit.data.datasets import real_sample_dir
+    from mstoolkit.data.io import load_mask
 
     results: dict = {"threads": args.threads, "model": args.model}
     if args.phantom_only:

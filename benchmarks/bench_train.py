@@ -32,7 +32,8 @@ def main() -> None:
 
     data = args.data
     if data is None and args.preset != "reference":  # generate the preset's phantom first, so it is not timed
-        from mstoolkit.datasets import ensure_phantom, subject_split
+        from mstoolkit.data.datasets import subject_split
+        from mstoolkit.phantom.dataset import ensure_phantom
 
         ensure_phantom(n_subjects=subject_split(args.preset).n_subjects, seed=0)
     env = thread_env(args.threads)

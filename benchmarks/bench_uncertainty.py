@@ -1,8 +1,8 @@
-"""Benchmark of mstoolkit.uncertainty on one 1 mm brain (182×218×182), on 2 CPU threads.
+"""Benchmark of mstoolkit.uncertainty.sampling on one 1 mm brain (182×218×182), on 2 CPU threads.
 
 Measures 10 MC-dropout samples (target: ≤ 60 s, peak memory ≤ 2 GB) and the uncertainty maps
 computed from them. Also reports the quality figures on patient26 and the test subjects of the
-``quick`` subject split (``mstoolkit.datasets.SUBJECT_SPLITS``): area above the nDSC retention curve
+``quick`` subject split (``mstoolkit.data.datasets.SUBJECT_SPLITS``): area above the nDSC retention curve
 with entropy and mutual information vs the mean of 5 random orders (target: ≥ 20 % smaller), mean
 lesion uncertainty of false- vs true-positive lesions, and the ECE inside the brain before/after
 temperature scaling (temperature fitted on the split's calibration subjects, which are not reported).
@@ -25,9 +25,9 @@ from _common import benchmark_scan, limit_threads, peak_rss_mb, run_fresh, write
 
 
 def _one(name: str) -> dict:
-    from mstoolkit import uncertainty
-    from mstoolkit.inference import brain_region, prepare_inputs
-    from mstoolkit.models import load_model
+    from mstoolkit.segmentation.inference import brain_region, prepare_inputs
+    from mstoolkit.segmentation.models import load_model
+    from mstoolkit.uncertainty import sampling as uncertainty
 
     limit_threads(2, torch=True)
     case = benchmark_scan()
@@ -47,16 +47,12 @@ def _one(name: str) -> dict:
 def _quality() -> dict:
     import numpy as np
 
-    from mstoolkit import calibration, uncertainty
-    from mstoolkit.datasets import (
-        ensure_phantom,
-        list_cases,
-        load_dataset_case,
-        real_sample_dir,
-        subject_split,
-    )
-    from mstoolkit.inference import brain_region, prepare_inputs
-    from mstoolkit.models import load_model
+    from mstoolkit.data.datasets import list_cases, load_dataset_case, real_sample_dir, subject_split
+    from mstoolkit.phantom.dataset import ensure_phantom
+    from mstoolkit.segmentation.inference import brain_region, prepare_inputs
+    from mstoolkit.segmentation.models import load_model
+    from mstoolkit.uncertainty import calibration
+    from mstoolkit.uncertainty import sampling as uncertainty
 
     limit_threads(2, torch=True)
     model, config = load_model("reference")

@@ -17,7 +17,7 @@ import numpy as np
 from _common import machine, write_json
 from scipy import ndimage
 
-from mstoolkit import viewer
+from mstoolkit.display import viewer
 
 SHAPE = (182, 218, 182)
 TARGET_MS = 50.0

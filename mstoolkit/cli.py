@@ -14,8 +14,8 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .io import MSToolkitInputError
+from mstoolkit import __version__
+from mstoolkit.data.io import MSToolkitInputError
 
 __all__ = ["main", "build_parser"]
 
@@ -42,7 +42,7 @@ def _add_data(sub) -> None:
     p = dsub.add_parser("prepare", help="build the phantom data the notebooks use (before a workshop, on Binder)")
     p.add_argument("--profile", default="workshop", choices=["quick", "workshop", "full"])
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=_handler("phantom_dataset", "cli_prepare"))
+    p.set_defaults(run=_handler("phantom.dataset", "cli_prepare"))
 
     p = dsub.add_parser("phantom", help="generate the synthetic MS phantom dataset")
     p.add_argument("--out", required=True, help="output folder (BIDS-like layout)")
@@ -54,10 +54,10 @@ def _add_data(sub) -> None:
                    help="resample to this voxel size in mm, e.g. 1 1 3 for a 2D-FLAIR-like scan")
     p.add_argument("--t1ce", action="store_true", help="also write a gadolinium-enhanced T1 (T1CE)")
     p.add_argument("--raw", action="store_true", help="also write the 'raw' scan: skull on, bias, non-RAS, anisotropic")
-    p.set_defaults(run=_handler("phantom_dataset", "cli_phantom"))
+    p.set_defaults(run=_handler("phantom.dataset", "cli_phantom"))
 
     p = dsub.add_parser("list", help="list the datasets the toolkit knows")
-    p.set_defaults(run=_handler("data_commands", "cli_list"))
+    p.set_defaults(run=_handler("data.commands", "cli_list"))
 
     p = dsub.add_parser("download", help="download a public dataset (checksummed, resumable)")
     p.add_argument("name", help="dataset name, see `mstoolkit data list`")
@@ -69,13 +69,13 @@ def _add_data(sub) -> None:
     p.add_argument("--patients", nargs="+", default=None, help="patient numbers to fetch, e.g. 7 26 or patient07")
     p.add_argument("--mirror", default=None, help="base URL replacing the upstream one (http(s):// or file://)")
     p.add_argument("--no-convert", action="store_true", help="keep the upstream layout only")
-    p.set_defaults(run=_handler("data_commands", "cli_download"))
+    p.set_defaults(run=_handler("data.commands", "cli_download"))
 
     p = dsub.add_parser("import", help="convert a dataset you downloaded yourself (registration-only datasets)")
     p.add_argument("name", help="dataset name, see `mstoolkit data list`")
     p.add_argument("path", help="the archive or folder you downloaded")
     p.add_argument("--dest", required=True, help="destination folder")
-    p.set_defaults(run=_handler("data_commands", "cli_import"))
+    p.set_defaults(run=_handler("data.commands", "cli_import"))
 
 
 def _add_notebooks(sub) -> None:
@@ -89,11 +89,11 @@ def _add_notebooks(sub) -> None:
     p.add_argument("--data-dir", default=None, help="DATA_DIR passed to every notebook")
     p.add_argument("--dataset", default=None, help="DATASET passed to every notebook (e.g. open_ms_data)")
     p.add_argument("--no-html", action="store_true", help="skip the HTML export")
-    p.set_defaults(run=_handler("runner", "cli_run"))
+    p.set_defaults(run=_handler("course.runner", "cli_run"))
     p = nsub.add_parser("student", help="write student versions (solutions removed)")
     p.add_argument("notebooks", nargs="*", help="notebook files (default: all in notebooks/)")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(run=_handler("runner", "cli_student"))
+    p.set_defaults(run=_handler("course.runner", "cli_student"))
 
 
 def _add_preprocess(sub) -> None:
@@ -110,7 +110,7 @@ def _add_preprocess(sub) -> None:
                    help="JSON file with {\"landmarks\": [...]} from normalization.nyul_landmarks (for --normalize nyul)")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="resample to this voxel size in mm (not with --reference)")
-    p.set_defaults(run=_handler("preprocess", "cli_preprocess"))
+    p.set_defaults(run=_handler("preprocessing.preprocess", "cli_preprocess"))
 
 
 def _add_train(sub) -> None:
@@ -123,7 +123,7 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ensemble", type=int, default=1, help="train K members with seeds seed..seed+K-1")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.set_defaults(run=_handler("train", "cli_train"))
+    p.set_defaults(run=_handler("segmentation.train", "cli_train"))
 
 
 def _add_segment(sub) -> None:
@@ -140,7 +140,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--min-lesion-mm3", type=float, default=None,
                    help="drop lesions smaller than this (default: the model's own, chosen on validation data; 0 keeps all)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.set_defaults(run=_handler("inference", "cli_segment"))
+    p.set_defaults(run=_handler("segmentation.inference", "cli_segment"))
 
 
 def _add_evaluate(sub) -> None:
@@ -156,7 +156,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--hd-mode", default="max_directed", choices=["max_directed", "pooled"])
     p.add_argument("--json", action="store_true", help="print JSON (one pair)")
     p.add_argument("--out", default=None, help="write the result here (cohort: CSV; one pair: text, or JSON with --json)")
-    p.set_defaults(run=_handler("report", "cli_evaluate"))
+    p.set_defaults(run=_handler("evaluation.report", "cli_evaluate"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,7 @@ def describe_device() -> str:
 
 def runtime_summary() -> str:
     """One line: mstoolkit/torch versions, device and platform."""
-    from . import __version__
+    from mstoolkit import __version__
 
     try:
         torch_version = metadata.version("torch")
@@ -73,8 +73,8 @@ def _version(name: str) -> str | None:
 
 def collect_report() -> dict:
     """Everything ``mstoolkit doctor`` reports, as a dict."""
-    from . import __version__
-    from .datasets import default_data_dir, real_sample_dir
+    from mstoolkit import __version__
+    from mstoolkit.data.datasets import default_data_dir, real_sample_dir
 
     try:
         import psutil
@@ -85,7 +85,7 @@ def collect_report() -> dict:
     cache = default_data_dir()
     datasets = sorted(p.name for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []
     real = real_sample_dir()
-    reference = Path(__file__).parent / "reference"
+    reference = Path(__file__).parent / "segmentation" / "reference"
     return {
         "mstoolkit": __version__,
         "python": platform.python_version(),

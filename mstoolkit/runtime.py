@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from .io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError
 
 if TYPE_CHECKING:
     import torch

@@ -60,7 +60,7 @@ def rigid():
 @pytest.fixture(scope="module")
 def template2():
     """MNI template at 2 mm: (image, brain mask, affine)."""
-    from mstoolkit.preprocess import load_mni_template
+    from mstoolkit.preprocessing.preprocess import load_mni_template
 
     return load_mni_template(resolution=2)
 
@@ -100,7 +100,7 @@ def shared_sample_dir():
 
     It holds what the package does not ship (longitudinal scans, 28 masks, the upstream MANIFEST);
     tests that need those skip without it. The notebooks and the package never read it: they use
-    the sample shipped in the package (:func:`mstoolkit.datasets.real_sample_dir`).
+    the sample shipped in the package (:func:`mstoolkit.data.datasets.real_sample_dir`).
     """
     from pathlib import Path
 

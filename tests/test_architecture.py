@@ -1,4 +1,5 @@
-"""The package's house plan, read from its imports: no import circles, no private name used across modules.
+"""The package's house plan, read from its imports: no import circles, no private name used across modules,
+no import that runs up or across the floors.
 
 The imports are read with ``ast`` (nothing is run), including imports inside functions and under
 ``TYPE_CHECKING``: a circle hidden in a function is still a circle a reader has to untangle.
@@ -130,3 +131,55 @@ def test_the_checks_find_a_circle_and_a_private_import(toy_package):
     assert graph["toy.c"] == {"toy.b", "toy.a"}
     assert import_circles(graph) == [["toy.a", "toy.b"]]
     assert private_imports(toy_package) == ["toy.c: toy.b._secret"]
+
+
+#: The floors of the house, lowest first. A module may import modules of its own room and of rooms on
+#: lower floors, never of a room on its own floor or above (ARCHITECTURE.md draws it). The package root
+#: (``mstoolkit/__init__``: the version and nothing else) is the ground under every room: any module may
+#: read the version (importing any module imports the root first anyway), and the root imports nothing.
+FLOORS = [
+    {"mstoolkit"},
+    {"data"},
+    {"runtime", "display"},
+    {"phantom", "preprocessing", "evaluation"},
+    {"segmentation"},
+    {"explain", "uncertainty", "longitudinal"},
+    {"clinical"},
+    {"course", "doctor", "cli"},
+]
+
+
+def room_of(module: str) -> str:
+    """``mstoolkit.data.io`` → ``data``; ``mstoolkit.cli`` → ``cli``; ``mstoolkit`` → ``mstoolkit``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_imports(graph: dict[str, set[str]], floors: list[set[str]] = FLOORS) -> list[str]:
+    floor = {room: level for level, rooms in enumerate(floors) for room in rooms}
+    found = []
+    for module, targets in sorted(graph.items()):
+        here = room_of(module)
+        for target in sorted(targets):
+            there = room_of(target)
+            if there != here and floor.get(there, len(floors)) >= floor.get(here, -1):
+                found.append(f"{module} → {target} ({here} may not import {there})")
+    return found
+
+
+def test_every_room_is_on_a_floor():
+    rooms = {room_of(module) for module in import_graph()}
+    assert rooms <= set().union(*FLOORS), f"rooms without a floor in FLOORS: {sorted(rooms - set().union(*FLOORS))}"
+
+
+def test_rooms_import_only_from_lower_floors():
+    found = upward_imports(import_graph())
+    assert not found, "imports that run up or across the house:\n" + "\n".join(found)
+
+
+def test_upward_imports_are_found():
+    graph = {"mstoolkit.data.io": {"mstoolkit.segmentation.models"}, "mstoolkit.segmentation.models": {"mstoolkit.data.io"},
+             "mstoolkit.explain.maps": {"mstoolkit.uncertainty.sampling"}}
+    assert upward_imports(graph) == [
+        "mstoolkit.data.io → mstoolkit.segmentation.models (data may not import segmentation)",
+        "mstoolkit.explain.maps → mstoolkit.uncertainty.sampling (explain may not import uncertainty)"]

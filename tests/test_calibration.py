@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.calibration: ECE inside the brain, temperature scaling, reliability diagram."""
+"""Tests of mstoolkit.uncertainty.calibration: ECE inside the brain, temperature scaling, reliability diagram."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from mstoolkit.calibration import (
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.uncertainty.calibration import (
     apply_temperature,
     calibration,
     fit_temperature,
     plot_reliability,
 )
-from mstoolkit.io import MSToolkitInputError
 
 
 def test_ece_of_a_calibrated_predictor_is_near_zero():

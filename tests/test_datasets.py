@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import mstoolkit
-from mstoolkit.datasets import CaseFiles, bids_paths, list_cases, load_dataset_case, real_sample_dir
-from mstoolkit.io import MSToolkitInputError
+from mstoolkit.data.datasets import CaseFiles, bids_paths, list_cases, load_dataset_case, real_sample_dir
+from mstoolkit.data.io import MSToolkitInputError
 
 
 def _write_bids_subject(root, subject, session=None, shape=(5, 6, 7)):
@@ -62,7 +62,7 @@ def test_real_sample_layout():
 def test_shipped_sample_is_byte_identical_to_upstream():
     """Every shipped file is the upstream file (git blob SHA-1 of the committed manifest), so the CC-BY
     citation and the published figures apply to it; nothing upstream lists is missing from patient26."""
-    from mstoolkit import download, fetch
+    from mstoolkit.data import download, fetch
 
     root = real_sample_dir()
     manifest = {entry["path"]: entry for entry in download.load_manifest("open_ms_data")["files"]}
@@ -109,7 +109,7 @@ def test_prepare_builds_every_phantom_size_the_notebooks_use():
 
 
 def test_prepare_sizes_are_the_splits():
-    from mstoolkit.datasets import NOTEBOOK_SUBJECTS, SUBJECT_SPLITS
+    from mstoolkit.data.datasets import NOTEBOOK_SUBJECTS, SUBJECT_SPLITS
 
     assert NOTEBOOK_SUBJECTS == {profile: (split.n_subjects,) for profile, split in SUBJECT_SPLITS.items()}
 
@@ -120,7 +120,7 @@ def test_prepare_sizes_are_the_splits():
 @pytest.mark.parametrize("profile", ["quick", "workshop", "full"])
 def test_subject_roles_are_disjoint(profile):
     """No subject may both train (or validate, or calibrate) a model and score it."""
-    from mstoolkit.datasets import ROLES, subject_split
+    from mstoolkit.data.datasets import ROLES, subject_split
 
     split = subject_split(profile)
     seen: dict[str, str] = {}
@@ -136,8 +136,8 @@ def test_subject_roles_are_disjoint(profile):
 
 @pytest.mark.parametrize("profile", ["quick", "workshop", "full"])
 def test_validation_is_standard_and_test_covers_every_scanner(profile):
-    from mstoolkit.datasets import subject_split
-    from mstoolkit.phantom import PROFILES
+    from mstoolkit.data.datasets import subject_split
+    from mstoolkit.phantom.generator import PROFILES
 
     def scanner(subject: str) -> str:  # the rule of phantom_dataset.generate_dataset
         return list(PROFILES)[(int(subject[4:]) - 1) % len(PROFILES)]
@@ -149,7 +149,7 @@ def test_validation_is_standard_and_test_covers_every_scanner(profile):
 
 
 def test_split_select_and_errors():
-    from mstoolkit.datasets import subject_split
+    from mstoolkit.data.datasets import subject_split
 
     split = subject_split("quick")
     cases = [CaseFiles(case_id=f"sub-{i:03d}", images={}) for i in range(1, 6)]
@@ -166,7 +166,7 @@ def test_split_select_and_errors():
 def test_prepare_rejects_unknown_profile():
     from types import SimpleNamespace
 
-    from mstoolkit.datasets import cli_prepare
+    from mstoolkit.phantom.dataset import cli_prepare
 
     with pytest.raises(MSToolkitInputError, match="'profile' must be one of quick, workshop, full, got 'big'"):
         cli_prepare(SimpleNamespace(profile="big", seed=0))

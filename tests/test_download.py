@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 from conftest import shared_sample_dir
 
-from mstoolkit import archives, data_commands, download, fetch, importers
 from mstoolkit.cli import build_parser, main
-from mstoolkit.datasets import list_cases, load_dataset_case
-from mstoolkit.io import MSToolkitInputError, load_mask
+from mstoolkit.data import archives, download, fetch, importers
+from mstoolkit.data import commands as data_commands
+from mstoolkit.data.datasets import list_cases, load_dataset_case
+from mstoolkit.data.io import MSToolkitInputError, load_mask
 
 SAMPLE = shared_sample_dir()  # the larger sample beside the repository: it can serve as a mirror
 needs_sample = pytest.mark.skipif(SAMPLE is None, reason="shared/data/open_ms_data is not beside the repository")

@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.fetch that need no server (transfers through a local server: test_download.py)."""
+"""Tests of mstoolkit.data.fetch that need no server (transfers through a local server: test_download.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from mstoolkit import fetch
-from mstoolkit.io import MSToolkitInputError
+from mstoolkit.data import fetch
+from mstoolkit.data.io import MSToolkitInputError
 
 
 def test_git_blob_sha1_matches_git_itself(tmp_path):

@@ -11,9 +11,16 @@ import torch
 from torch import nn
 
 from mstoolkit.cli import main
-from mstoolkit.inference import brain_region, lesion_report, predict, prepare_inputs, remove_small_lesions, segment_files
-from mstoolkit.io import Case, MSToolkitInputError, load_image
-from mstoolkit.models import build_model, save_model
+from mstoolkit.data.io import Case, MSToolkitInputError, load_image
+from mstoolkit.segmentation.inference import (
+    brain_region,
+    lesion_report,
+    predict,
+    prepare_inputs,
+    remove_small_lesions,
+    segment_files,
+)
+from mstoolkit.segmentation.models import build_model, save_model
 
 
 class _BrightFlair(nn.Module):
@@ -156,7 +163,7 @@ def test_segment_writes_outputs_on_the_flair_grid(odd_files, checkpoint, tmp_pat
 
 def test_segment_matches_predict_with_a_known_model(odd_files, tmp_path, monkeypatch):
     # With the bright-FLAIR rule, the written mask must hold exactly the planted lesion and speck.
-    import mstoolkit.models as models
+    import mstoolkit.segmentation.models as models
 
     monkeypatch.setattr(models, "load_model", lambda source, device="cpu": (_BrightFlair(), {"name": "rule", "sequences": ["FLAIR", "T1"]}))
     report = segment_files(odd_files["FLAIR"], tmp_path / "o", t1=odd_files["T1"], device="cpu")

@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.interpret on a toy network: HiResCAM and Grad-CAM against captum, tiling, attributions.
+"""Tests of mstoolkit.explain.interpret on a toy network: HiResCAM and Grad-CAM against captum, tiling, attributions.
 
 Whether the maps are faithful for the reference U-Net: tests/test_interpret_checks.py.
 """
@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from mstoolkit import interpret, interpret_checks
-from mstoolkit.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.explain import interpret, interpret_checks
 
 SHAPE = (32, 16, 48)
 
@@ -95,7 +95,7 @@ def test_layer_maps_equal_captum(toy, inputs, region, layer, relu, method):
 def test_candidate_layers(toy):
     assert interpret.candidate_layers(toy, in_channels=2) == {"encoder": "enc", "bottleneck": "down", "decoder": "dec",
                                                               "pre_head": "dec"}
-    from mstoolkit.models import build_model
+    from mstoolkit.segmentation.models import build_model
 
     model = build_model("tiny_unet", in_channels=2, features=(4, 8, 16))
     layers = interpret.candidate_layers(model)

@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.interpret_checks: are the maps faithful for the reference U-Net, and the helpers to read maps.
+"""Tests of mstoolkit.explain.interpret_checks: are the maps faithful for the reference U-Net, and the helpers to read maps.
 
 The faithfulness tests are method-agnostic: each runs for every method in ``FAITHFUL`` on the
 reference model and a 96³ box of the shipped real scan (open_ms_data patient26, Lesjak et al.
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from mstoolkit import interpret, interpret_checks
-from mstoolkit.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.explain import interpret, interpret_checks
 
 #: The maps that must pass every faithfulness test ("name", layer role or None for input attributions).
 FAITHFUL = [("hires_cam", "decoder"), ("gradient_x_input", None)]
@@ -29,9 +29,9 @@ WHOLE, TILED = dict(patch_size=(96, 96, 96), margin=8), dict(patch_size=(64, 64,
 @pytest.fixture(scope="module")
 def scan():
     """The reference model, a box of the real scan, its ground truth, and three targets."""
-    from mstoolkit.datasets import load_dataset_case, real_sample_dir
-    from mstoolkit.inference import prepare_inputs
-    from mstoolkit.models import load_model
+    from mstoolkit.data.datasets import load_dataset_case, real_sample_dir
+    from mstoolkit.segmentation.inference import prepare_inputs
+    from mstoolkit.segmentation.models import load_model
 
     torch.set_num_threads(1)  # small, shared machines; also makes the sums reproducible
     model, config = load_model("reference")
@@ -180,7 +180,7 @@ def test_pointing_game_edge_map_and_display():
 
 
 def test_lesion_region_matches_metrics_numbering():
-    from mstoolkit.metric_tables import lesion_table
+    from mstoolkit.evaluation.metric_tables import lesion_table
 
     mask = np.zeros((12, 10, 9), np.uint8)
     mask[1:3, 1:3, 1:3] = 1  # 8 voxels

@@ -1,4 +1,4 @@
-"""Loading, saving and Case behaviour of mstoolkit.io."""
+"""Loading, saving and Case behaviour of mstoolkit.data.io."""
 
 import gzip
 
@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mstoolkit.io import (
+from mstoolkit.data.io import (
     Case,
     MSToolkitInputError,
     check_binary_mask,

@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.metrics, mstoolkit.metric_tables and mstoolkit.report: hand-computed cases and independent libraries."""
+"""Tests of mstoolkit.evaluation.metrics, mstoolkit.evaluation.metric_tables and mstoolkit.evaluation.report: hand-computed cases and independent libraries."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import warnings
 import numpy as np
 import pytest
 
-from mstoolkit.io import MSToolkitInputError, save_mask
-from mstoolkit.metric_tables import evaluate_cohort, lesion_table, metrics_by_lesion_size
-from mstoolkit.metrics import dice, evaluate, hd95, label_lesions, ndsc, surface_distances
-from mstoolkit.report import bland_altman_figure, simulate_rater, summarize_cohort, volume_agreement
+from mstoolkit.data.io import MSToolkitInputError, save_mask
+from mstoolkit.evaluation.metric_tables import evaluate_cohort, lesion_table, metrics_by_lesion_size
+from mstoolkit.evaluation.metrics import dice, evaluate, hd95, label_lesions, ndsc, surface_distances
+from mstoolkit.evaluation.report import (
+    bland_altman_figure,
+    simulate_rater,
+    summarize_cohort,
+    volume_agreement,
+)
 
 SHAPE = (7, 8, 9)
 ANISO = (1.0, 0.8, 2.5)
@@ -429,8 +434,8 @@ def test_simulate_rater_is_deterministic_and_exact_without_noise():
 
 
 def test_real_sample_lesions_against_scipy():
-    from mstoolkit.datasets import real_sample_dir
-    from mstoolkit.io import load_mask
+    from mstoolkit.data.datasets import real_sample_dir
+    from mstoolkit.data.io import load_mask
 
     root = real_sample_dir()
     from scipy.ndimage import generate_binary_structure, label
@@ -482,7 +487,7 @@ def test_cli_cohort_csv_and_errors(tmp_path, capsys):
     assert main(["evaluate", "--pred-dir", str(tmp_path / "pred"), "--truth-dir", str(tmp_path / "truth")]) == 2
     assert "different affines" in capsys.readouterr().err
     # a probability map instead of a mask
-    from mstoolkit.io import save_image
+    from mstoolkit.data.io import save_image
 
     save_image(tmp_path / "prob.nii.gz", np.full(SHAPE, 0.3), np.diag([*ANISO, 1.0]))
     assert main(["evaluate", "--pred", str(tmp_path / "prob.nii.gz"), "--truth",
@@ -491,7 +496,7 @@ def test_cli_cohort_csv_and_errors(tmp_path, capsys):
     # a missing prediction, and a wrong combination of options
     (tmp_path / "pred" / "sub-001.nii.gz").unlink()
     from mstoolkit.cli import build_parser
-    from mstoolkit.report import cli_evaluate
+    from mstoolkit.evaluation.report import cli_evaluate
 
     args = build_parser().parse_args(["evaluate", "--pred-dir", str(tmp_path / "pred"), "--truth-dir", str(tmp_path / "truth")])
     with pytest.raises(MSToolkitInputError, match="have no prediction of the same name"):

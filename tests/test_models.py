@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mstoolkit.io import MSToolkitInputError
-from mstoolkit.models import (
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.segmentation.models import (
     MODEL_NAMES,
     NOTEBOOK_CHECKPOINT,
     REFERENCE_DIR,

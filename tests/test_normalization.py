@@ -1,12 +1,12 @@
-"""Tests for mstoolkit.normalization: z-score, percentile and Nyúl standardisation."""
+"""Tests for mstoolkit.preprocessing.normalization: z-score, percentile and Nyúl standardisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mstoolkit import normalization
-from mstoolkit.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.preprocessing import normalization
 
 
 @pytest.fixture()

@@ -19,8 +19,7 @@ from unittest import mock
 import nbformat
 import pytest
 
-from mstoolkit.datasets import real_sample_dir
-from mstoolkit.runner import (
+from mstoolkit.course.runner import (
     REQUIRED_PARAMETERS,
     check_notebook_structure,
     make_student_version,
@@ -30,6 +29,7 @@ from mstoolkit.runner import (
     setup_cell_source,
     write_student_versions,
 )
+from mstoolkit.data.datasets import real_sample_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")

@@ -1,4 +1,4 @@
-"""Tests of the synthetic MS phantom (mstoolkit.phantom, its anatomy and lesion model)."""
+"""Tests of the synthetic MS phantom (mstoolkit.phantom.generator, its anatomy and lesion model)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from mstoolkit import phantom, phantom_anatomy, phantom_dataset, phantom_lesions
-from mstoolkit.io import MSToolkitInputError, load_image
+from mstoolkit.data.io import MSToolkitInputError, load_image
+from mstoolkit.phantom import anatomy as phantom_anatomy
+from mstoolkit.phantom import dataset as phantom_dataset
+from mstoolkit.phantom import generator as phantom
+from mstoolkit.phantom import lesions as phantom_lesions
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_grid_types_and_orientation(case):
 
 
 def test_same_grid_as_the_real_sample(case):
-    from mstoolkit.datasets import real_sample_dir
+    from mstoolkit.data.datasets import real_sample_dir
 
     root = real_sample_dir()
     flair = min((root / "cross_sectional" / "MNI" / "patient26").glob("FLAIR_*.nii.gz"))
@@ -178,7 +181,7 @@ def test_bad_options_raise_clear_errors(call, message):
 
 
 def test_clear_cache_frees_the_cached_templates():
-    from mstoolkit.phantom_anatomy import load_template
+    from mstoolkit.phantom.anatomy import load_template
 
     load_template()
     assert load_template.cache_info().currsize == 1
@@ -196,7 +199,7 @@ def test_real_lesion_masks_are_split_without_the_evaluation_case():
 
 def test_shipped_real_masks_are_the_upstream_files():
     """Byte-identical to open_ms_data: each file's git blob SHA-1 is the committed manifest's."""
-    from mstoolkit import download, fetch
+    from mstoolkit.data import download, fetch
 
     manifest = {e["path"]: e for e in download.load_manifest("open_ms_data")["files"]}
     for shipped in phantom_lesions.REAL_LESION_DIR.glob("*.nii.gz"):

@@ -1,4 +1,4 @@
-"""Tests of phantom datasets on disk (mstoolkit.phantom_dataset) and ``mstoolkit data phantom``."""
+"""Tests of phantom datasets on disk (mstoolkit.phantom.dataset) and ``mstoolkit data phantom``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import cc3d
 import numpy as np
 import pytest
 
-from mstoolkit import phantom, phantom_dataset
 from mstoolkit.cli import main as cli_main
-from mstoolkit.datasets import ensure_phantom, list_cases, load_dataset_case
-from mstoolkit.io import MSToolkitInputError, load_mask
+from mstoolkit.data.datasets import list_cases, load_dataset_case
+from mstoolkit.data.io import MSToolkitInputError, load_mask
+from mstoolkit.phantom import dataset as phantom_dataset
+from mstoolkit.phantom import generator as phantom
+from mstoolkit.phantom.dataset import ensure_phantom
 
 
 def test_dataset_layout_is_read_back(tmp_path):

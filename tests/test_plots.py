@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.plots: static figures and the shared colours."""
+"""Tests of mstoolkit.display.plots: static figures and the shared colours."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from mstoolkit import plots
-from mstoolkit.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.display import plots
 
 SHAPE = (7, 8, 9)
 OKABE_ITO = {"#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"}
@@ -101,7 +101,7 @@ def test_figures_are_not_left_open_in_pyplot(image):
 
 
 def test_case_figure_shows_every_sequence_on_the_lesion_slice(image):
-    from mstoolkit.io import Case
+    from mstoolkit.data.io import Case
 
     mask = np.zeros(SHAPE, np.uint8)
     mask[2:4, 2:4, 6] = 1

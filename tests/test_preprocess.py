@@ -1,4 +1,4 @@
-"""Tests for mstoolkit.preprocess: N4, skull stripping, whole cases, the CLI."""
+"""Tests for mstoolkit.preprocessing.preprocess: N4, skull stripping, whole cases, the CLI."""
 
 from __future__ import annotations
 
@@ -10,16 +10,10 @@ import pytest
 from conftest import shared_sample_dir
 from scipy import ndimage
 
-from mstoolkit import preprocess as pp
-from mstoolkit import registration
 from mstoolkit.cli import main
-from mstoolkit.io import (
-    Case,
-    MSToolkitInputError,
-    load_image,
-    save_image,
-    spacing_from_affine,
-)
+from mstoolkit.data.io import Case, MSToolkitInputError, load_image, save_image, spacing_from_affine
+from mstoolkit.preprocessing import preprocess as pp
+from mstoolkit.preprocessing import registration
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,7 +41,7 @@ def test_n4_recovers_a_smooth_bias_field(template2):
 
 
 def test_n4_recovers_a_known_bias_field_on_the_phantom():
-    phantom = pytest.importorskip("mstoolkit.phantom", reason="the phantom generator is not available")
+    phantom = pytest.importorskip("mstoolkit.phantom.generator", reason="the phantom generator is not available")
     case = phantom.generate_subject(seed=3, spacing=(2.0, 2.0, 2.0))
     brain = case.brain_mask > 0
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in case.shape], indexing="ij")
@@ -79,9 +73,9 @@ def test_skull_strip_atlas_on_synthetic_head(synthetic_head):
 
 
 def test_skull_strip_on_phantom_raw_scan():
-    phantom = pytest.importorskip("mstoolkit.phantom", reason="the phantom generator is not available")
+    phantom = pytest.importorskip("mstoolkit.phantom.generator", reason="the phantom generator is not available")
     if not hasattr(phantom, "generate_raw_scan"):
-        pytest.skip("mstoolkit.phantom.generate_raw_scan is not available")
+        pytest.skip("mstoolkit.phantom.generator.generate_raw_scan is not available")
     raw = phantom.generate_raw_scan(seed=3)
     image, affine = registration.reorient_to_ras(raw["images"]["FLAIR"], raw["affine"])
     truth, _ = registration.reorient_to_ras(raw["brain_mask"], raw["affine"])

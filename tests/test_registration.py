@@ -1,4 +1,4 @@
-"""Tests for mstoolkit.registration: ITK conversions, reorientation, resampling, registration."""
+"""Tests for mstoolkit.preprocessing.registration: ITK conversions, reorientation, resampling, registration."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from mstoolkit import registration
-from mstoolkit.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.preprocessing import registration
 
 # --------------------------------------------------------------------------- conversions
 

@@ -14,8 +14,7 @@ import nbformat
 import pytest
 
 from mstoolkit.cli import main
-from mstoolkit.io import MSToolkitInputError
-from mstoolkit.runner import (
+from mstoolkit.course.runner import (
     REQUIRED_PARAMETERS,
     SETUP_CELL,
     check_notebook_structure,
@@ -27,6 +26,7 @@ from mstoolkit.runner import (
     setup_cell_source,
     write_student_versions,
 )
+from mstoolkit.data.io import MSToolkitInputError
 
 PARAMETERS = 'PROFILE = "workshop"\nDATA_DIR = None\nOUTPUT_DIR = "outputs"\nDEVICE = "auto"\nSEED = 0\nDATASET = "phantom"'
 
@@ -213,7 +213,7 @@ def _exercise_notebook(path: Path) -> Path:
         _code(PARAMETERS, "parameters"),
         _code('def double(x):\n    raise NotImplementedError("Exercise: return 2 * x")', "exercise"),
         _code("def double(x):\n    return 2 * x", "solution"),
-        _code('from mstoolkit.exercises import check_function\ncheck_function("double", double, lambda x: 2 * x, [(1,), (3,)])'),
+        _code('from mstoolkit.course.exercises import check_function\ncheck_function("double", double, lambda x: 2 * x, [(1,), (3,)])'),
         _code("print('after the exercise')"),
     ])
 
@@ -362,7 +362,7 @@ def test_peak_memory_remembers_freed_spikes():
     import numpy as np
     import psutil
 
-    from mstoolkit.runner import _resident_peak
+    from mstoolkit.course.runner import _resident_peak
 
     process = psutil.Process()
     spike = np.ones(400 * 2**20 // 8)
@@ -371,7 +371,7 @@ def test_peak_memory_remembers_freed_spikes():
 
 
 def test_no_notebooks_found(tmp_path, monkeypatch):
-    monkeypatch.setattr("mstoolkit.runner.notebook_paths", lambda folder=None: [])
+    monkeypatch.setattr("mstoolkit.course.runner.notebook_paths", lambda folder=None: [])
     with pytest.raises(MSToolkitInputError, match=r"No notebooks NN_\*.ipynb found in notebooks/"):
         run_notebooks(out_dir=tmp_path)
     with pytest.raises(MSToolkitInputError, match=r"No notebooks NN_\*.ipynb found"):

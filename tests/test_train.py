@@ -12,21 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from mstoolkit.io import Case, MSToolkitInputError
-from mstoolkit.models import export_reference, load_model
-from mstoolkit.plots import plot_history
+from mstoolkit.data.io import Case, MSToolkitInputError
+from mstoolkit.display.plots import plot_history
 from mstoolkit.runtime import pick_device
-from mstoolkit.train import (
-    LOSS_NAMES,
-    PRESETS,
-    TrainConfig,
-    amp_settings,
-    build_loss,
-    train,
-    train_ensemble,
-)
-from mstoolkit.training_data import cache_cases, split_train_val
-from mstoolkit.validation import MIN_LESION_CANDIDATES_MM3
+from mstoolkit.segmentation.config import LOSS_NAMES, PRESETS, TrainConfig
+from mstoolkit.segmentation.models import export_reference, load_model
+from mstoolkit.segmentation.train import amp_settings, build_loss, train, train_ensemble
+from mstoolkit.segmentation.training_data import cache_cases, split_train_val
+from mstoolkit.segmentation.validation import MIN_LESION_CANDIDATES_MM3
 
 
 def toy_case(seed: int, shape=(21, 22, 19)) -> Case:
@@ -199,14 +192,14 @@ def test_weight_averaging_keeps_and_resumes_the_average(cases, tmp_path):
 def test_lesion_contrast_changes_only_the_lesions_of_training_patches(cases):
     from scipy import ndimage as ndi
 
-    from mstoolkit.training_data import _augmenter, _patch_sampler, _sample_batch
+    from mstoolkit.segmentation.training_data import make_augmenter, make_patch_sampler, sample_batch
 
     cached = cache_cases(cases[:1], ("FLAIR", "T1"))
     batches = []
     for probability in (0.0, 1.0):
         config = tiny_config(augment="light", lesion_contrast=probability, positive_fraction=1.0)
-        augment = _augmenter(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
-        batches.append(_sample_batch(cached, config, np.random.default_rng(7), _patch_sampler(config), augment))
+        augment = make_augmenter(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
+        batches.append(sample_batch(cached, config, np.random.default_rng(7), make_patch_sampler(config), augment))
     (plain, labels), (changed, same_labels) = batches
     assert torch.equal(labels, same_labels)  # a fainter lesion is still a lesion
     lesion = labels.bool().expand_as(plain)
@@ -269,8 +262,8 @@ def test_split_train_val_holds_out_the_last_standard_profile_cases():
 
 
 def test_reference_data_spreads_the_real_lesion_subjects_over_training_only(monkeypatch):
-    from mstoolkit import phantom
-    from mstoolkit.training_data import reference_phantom_cases
+    from mstoolkit.phantom import generator as phantom
+    from mstoolkit.segmentation.training_data import reference_phantom_cases
 
     def fake_subject(*, seed, profile, real_lesions):
         images = {name: np.zeros((2, 2, 2), np.float32) for name in ("FLAIR", "T1", "T2")}
@@ -293,7 +286,7 @@ DDP_SCRIPT = textwrap.dedent(
     import os, sys, torch
     sys.path.insert(0, {tests!r})
     from test_train import toy_case, tiny_config
-    from mstoolkit.train import train
+    from mstoolkit.segmentation.train import train
     model, history = train(tiny_config(None, out_dir={out!r}, epochs=2), [toy_case(0), toy_case(1)], [toy_case(2)])
     torch.save(model.state_dict(), os.path.join({out!r}, "rank" + os.environ["RANK"] + ".pt"))
     """

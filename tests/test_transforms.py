@@ -1,4 +1,4 @@
-"""Tests for mstoolkit.transforms: MONAI pipelines, named augmentations, augmentation grid."""
+"""Tests for mstoolkit.preprocessing.transforms: MONAI pipelines, named augmentations, augmentation grid."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from mstoolkit import transforms as tr
-from mstoolkit.io import Case, MSToolkitInputError, save_image, save_mask
+from mstoolkit.data.io import Case, MSToolkitInputError, save_image, save_mask
+from mstoolkit.preprocessing import transforms as tr
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.uncertainty: sampling, measures and retention curves."""
+"""Tests of mstoolkit.uncertainty.sampling: sampling, measures and retention curves."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from mstoolkit import uncertainty as U
-from mstoolkit.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.uncertainty import sampling as U
 
 SHAPE = (12, 10, 9)
 ROI = (16, 16, 16)
@@ -136,7 +136,7 @@ def test_lesion_uncertainty_hand_made():
 
 
 def _brute_ndsc_retention(pred, truth, uncertainty, brain, fraction):
-    from mstoolkit.metrics import ndsc
+    from mstoolkit.evaluation.metrics import ndsc
 
     p, t, u = pred[brain], truth[brain], uncertainty[brain]
     order = np.argsort(u, kind="stable")

@@ -1,4 +1,4 @@
-"""Tests of mstoolkit.viewer: the pure renderer, the widgets and the 3D fallbacks."""
+"""Tests of mstoolkit.display.viewer: the pure renderer, the widgets and the 3D fallbacks."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mstoolkit import plots, viewer
-from mstoolkit.io import Case, MSToolkitInputError
-from mstoolkit.plots import OVERLAY_COLOURS
+from mstoolkit.data.io import Case, MSToolkitInputError
+from mstoolkit.display import plots, viewer
+from mstoolkit.display.plots import OVERLAY_COLOURS
 
 SHAPE = (7, 8, 9)
 
@@ -299,7 +299,7 @@ def test_itk_backend_falls_back_with_one_line_when_headless(case, capsys, monkey
 def test_importing_the_viewer_loads_neither_itkwidgets_nor_matplotlib():
     import subprocess
 
-    code = "import sys, mstoolkit.viewer; print(sorted({'itkwidgets', 'matplotlib'} & set(sys.modules)))"
+    code = "import sys, mstoolkit.display.viewer; print(sorted({'itkwidgets', 'matplotlib'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -312,7 +312,7 @@ def test_itk_fallback_under_real_papermill_does_not_block(tmp_path):
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
         nbformat.v4.new_code_cell(
-            "import numpy as np\nfrom mstoolkit import viewer\n"
+            "import numpy as np\nfrom mstoolkit.display import viewer\n"
             "w = viewer.view_3d(np.ones((5, 6, 7), np.float32), backend='itk')"
         ),
         nbformat.v4.new_code_cell("print('next cell ran')"),

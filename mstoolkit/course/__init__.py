@@ -1,0 +1,4 @@
+"""Running the course: notebook runs, exercises and their checks.
+
+Modules: ``exercises``, ``runner``.
+"""

@@ -1,0 +1,4 @@
+"""Pictures and widgets: slice plots and the slice viewer.
+
+Modules: ``plots``, ``viewer``.
+"""

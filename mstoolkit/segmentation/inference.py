@@ -1,0 +1,311 @@
+"""Segment lesions in a whole scan with a trained model, and ``mstoolkit segment``.
+
+A network trained on 64³ patches cannot take a whole brain at once on a small
+GPU or CPU, so :func:`predict` slides a window over the volume
+(``monai.inferers.sliding_window_inference``) and blends the overlapping
+windows with Gaussian weights. Options: flip test-time augmentation, the
+probability threshold, and removal of connected components smaller than a
+minimum volume in mm³ (tiny specks are usually noise, and the McDonald
+criteria count lesions ≥ 3 mm in diameter).
+
+Inputs are normalised exactly as in training (:func:`prepare_inputs`):
+each sequence is z-scored within the brain (the brain mask when the case has
+one, else the non-zero voxels of the FLAIR: skull-stripped scans are zero
+outside the brain) and set to 0 outside it.
+
+Introduced in notebook 03 (U-Net training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mstoolkit.data.io import Case, MSToolkitInputError, bounding_box, spacing_from_affine
+from mstoolkit.runtime import pick_device, release_memory
+
+__all__ = ["brain_region", "prepare_inputs", "check_model_inputs", "predict", "remove_small_lesions", "lesion_report", "segment_files", "cli_segment"]
+
+
+def brain_region(case: Case) -> np.ndarray:
+    """Boolean mask of the voxels normalisation uses: ``case.brain_mask``, else the FLAIR's non-zero voxels."""
+    if case.brain_mask is not None:
+        return case.brain_mask.astype(bool)
+    reference = case.images.get("FLAIR", next(iter(case.images.values())))
+    region = reference != 0
+    if not region.any():
+        raise MSToolkitInputError(f"Case '{case.case_id}': the FLAIR is all zeros; there is no brain to segment.")
+    return region
+
+
+def prepare_inputs(case: Case, sequences: Sequence[str] = ("FLAIR", "T1")) -> np.ndarray:
+    """Stack and normalise a case's images for a model: (channels, x, y, z) float32.
+
+    Each sequence is z-scored within :func:`brain_region` and set to 0 outside it,
+    as in training. Raises a clear error when a sequence is missing or an image
+    is not 3D.
+
+    Introduced in notebook 03.
+    """
+    from mstoolkit.preprocessing.normalization import normalize_zscore
+
+    if "FLAIR" in sequences and "FLAIR" not in case.images:
+        raise MSToolkitInputError(
+            f"Case '{case.case_id}' has no FLAIR image (it has {', '.join(case.images)}); "
+            "lesion segmentation needs a FLAIR: pass --flair FILE (or images={'FLAIR': ...})."
+        )
+    for name, image in case.images.items():
+        if np.ndim(image) != 3:
+            raise MSToolkitInputError(f"Image {name} of case '{case.case_id}' has shape {np.shape(image)}; expected a 3D volume (x, y, z).")
+    stacked = case.stack(sequences)
+    region = brain_region(case)
+    return np.stack([normalize_zscore(channel, mask=region) for channel in stacked])
+
+
+def _sliding_window(model: nn.Module, inputs: torch.Tensor, roi_size: Sequence[int], overlap: float) -> torch.Tensor:
+    from monai.inferers import sliding_window_inference
+
+    window = tuple(min(int(r), n) for r, n in zip(roi_size, inputs.shape[2:]))  # never pad a small volume up to the window
+    return sliding_window_inference(inputs, window, 2, model, overlap=overlap, mode="gaussian")
+
+
+def check_model_inputs(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``inputs`` (channels, x, y, z) as a detached float32 tensor; a clear error for another shape or NaNs.
+
+    What :func:`prepare_inputs` returns passes; interpretation and uncertainty methods check with this.
+    """
+    x = inputs.detach().float() if torch.is_tensor(inputs) else torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+    if x.ndim != 4:
+        raise MSToolkitInputError(
+            f"'inputs' must be (channels, x, y, z), got shape {tuple(x.shape)}. "
+            "Use mstoolkit.segmentation.inference.prepare_inputs(case, sequences)."
+        )
+    if not torch.isfinite(x).all():
+        raise MSToolkitInputError("'inputs' contains NaN or infinite values; normalise the images first.")
+    return x
+
+
+def predict(
+    model: nn.Module,
+    case: Case,
+    *,
+    sequences: Sequence[str] = ("FLAIR", "T1"),
+    tta: bool = False,
+    threshold: float | None = None,
+    min_lesion_mm3: float | None = None,
+    device: str = "cpu",
+    roi_size: Sequence[int] = (96, 96, 96),
+    overlap: float = 0.25,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lesion probability and binary mask for a whole case, on the case's grid.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Outputs one channel of logits (``build_model`` / ``load_model``).
+    case : mstoolkit.data.io.Case
+    sequences : the model's input channels, in its order (``config["sequences"]``)
+    tta : bool
+        Average the prediction over flips along each axis (4 passes; smoother, slower).
+    threshold : float, optional
+        Probability at or above which a voxel is called lesion. Default: the model's own
+        ``threshold`` attribute (chosen on validation data when it was trained, set by
+        :func:`mstoolkit.segmentation.models.load_model`), else 0.5.
+    min_lesion_mm3 : float, optional
+        Remove connected components (26-connectivity) smaller than this volume. Default: the
+        model's ``min_lesion_mm3`` attribute (chosen on validation data when it was trained),
+        else 0 (keep all).
+    device : "cpu", "cuda", "mps" or "auto"
+    roi_size, overlap : sliding-window size (voxels) and overlap fraction
+
+    Returns
+    -------
+    probability : float32 (x, y, z) in [0, 1], 0 outside the brain
+    mask : uint8 (x, y, z)
+
+    Introduced in notebook 03.
+    """
+    from mstoolkit.segmentation.models import model_in_channels
+    if threshold is None:
+        threshold = float(getattr(model, "threshold", 0.5))
+    if min_lesion_mm3 is None:
+        min_lesion_mm3 = float(getattr(model, "min_lesion_mm3", 0.0))
+    if not 0.0 < threshold < 1.0:
+        raise MSToolkitInputError(f"'threshold' must be between 0 and 1 (exclusive), got {threshold!r}.")
+    expected = model_in_channels(model)
+    if expected != len(sequences):
+        raise MSToolkitInputError(
+            f"The model takes {expected} input channel(s) but {len(sequences)} sequence(s) were given "
+            f"({', '.join(sequences)}); pass the sequences it was trained with (config['sequences'])."
+        )
+    inputs = prepare_inputs(case, sequences)
+    region = brain_region(case)
+    box = bounding_box(region, margin=8) or tuple(slice(0, n) for n in region.shape)  # only the brain: 2-3x fewer voxels
+    torch_device = pick_device(device, verbose=False)
+    model = model.to(torch_device).eval()
+    cropped = torch.as_tensor(np.ascontiguousarray(inputs[(slice(None), *box)]))[None].to(torch_device)
+    flips = [()] + ([(2,), (3,), (4,)] if tta else [])
+    total = torch.zeros(cropped.shape[2:], dtype=torch.float32)
+    with torch.no_grad():
+        for axes in flips:
+            flipped = torch.flip(cropped, axes) if axes else cropped
+            logits = _sliding_window(model, flipped, roi_size, overlap)
+            logits = torch.flip(logits, axes) if axes else logits
+            total += torch.sigmoid(logits[0, 0].float()).cpu()
+    probability = np.zeros(case.shape, dtype=np.float32)
+    probability[box] = (total / len(flips)).numpy()
+    probability[~region] = 0.0
+    del inputs, cropped, logits, total
+    release_memory()  # hand the windows' ~0.4 GB of freed buffers back: a 2 GB kernel runs several predictions
+    mask = (probability >= threshold).astype(np.uint8)
+    if min_lesion_mm3:
+        mask = remove_small_lesions(mask, spacing=case.spacing, min_volume_mm3=min_lesion_mm3)
+    return probability, mask
+
+
+def remove_small_lesions(mask: np.ndarray, *, spacing: Sequence[float], min_volume_mm3: float, connectivity: int = 26) -> np.ndarray:
+    """Drop connected components smaller than ``min_volume_mm3`` (uint8 result).
+
+    >>> m = np.zeros((5, 5, 5), np.uint8); m[0, 0, 0] = 1; m[2:5, 2:5, 2:5] = 1
+    >>> int(remove_small_lesions(m, spacing=(1, 1, 1), min_volume_mm3=2).sum())
+    27
+    """
+    import cc3d
+
+    voxel_mm3 = float(np.prod(spacing))
+    labels = cc3d.connected_components(np.asarray(mask, dtype=np.uint8), connectivity=connectivity)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes * voxel_mm3 >= min_volume_mm3
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def lesion_report(probability: np.ndarray, mask: np.ndarray, affine: np.ndarray, *, connectivity: int = 26) -> dict[str, Any]:
+    """Lesion count, total volume (mL) and one row per lesion (id, volume mm³, centroid in world mm, max probability).
+
+    Lesion ids are the connected-component labels (26-connectivity), ordered by volume, largest first.
+    """
+    import cc3d
+
+    voxel_mm3 = float(np.prod(spacing_from_affine(affine)))
+    labels = cc3d.connected_components(np.asarray(mask, dtype=np.uint8), connectivity=connectivity)
+    stats = cc3d.statistics(labels)
+    max_prob = np.zeros(int(labels.max()) + 1, dtype=np.float64)
+    np.maximum.at(max_prob, labels.ravel(), probability.ravel().astype(np.float64))
+    rows = []
+    for label in range(1, int(labels.max()) + 1):
+        centroid = affine @ np.append(np.asarray(stats["centroids"][label], dtype=float), 1.0)
+        rows.append({"volume_mm3": round(float(stats["voxel_counts"][label]) * voxel_mm3, 2),
+                     "centroid_mm": [round(float(c), 2) for c in centroid[:3]],
+                     "max_probability": round(float(max_prob[label]), 4)})
+    rows.sort(key=lambda row: -row["volume_mm3"])
+    lesions = [{"id": i, **row} for i, row in enumerate(rows, 1)]
+    return {"lesion_count": len(lesions), "total_volume_ml": round(float(mask.sum()) * voxel_mm3 / 1000.0, 4), "lesions": lesions}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def segment_files(
+    flair: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    t1: str | os.PathLike | None = None,
+    t2: str | os.PathLike | None = None,
+    model: str | os.PathLike = "reference",
+    device: str = "auto",
+    skull_strip: bool = False,
+    register: bool = False,
+    threshold: float | None = None,
+    min_lesion_mm3: float | None = None,
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Segment one scan from files; write mask, probability (on the FLAIR's grid) and ``report.json``.
+
+    Returns the report. Used by ``mstoolkit segment``; introduced in notebook 03.
+    """
+    from mstoolkit import __version__
+    from mstoolkit.data.io import load_image, save_like
+    from mstoolkit.segmentation.models import load_model
+
+    started = time.perf_counter()
+    paths = {"FLAIR": flair, "T1": t1, "T2": t2}
+    paths = {name: Path(p) for name, p in paths.items() if p is not None}
+    net, config = load_model(model, device=device)
+    sequences = list(config["sequences"])
+    missing = [s for s in sequences if s not in paths]
+    if missing:
+        flags = " ".join(f"--{s.lower()} FILE" for s in missing)
+        raise MSToolkitInputError(f"The model {config.get('title', config['name'])!r} needs {', '.join(sequences)}; "
+                                  f"{', '.join(missing)} missing: pass {flags}.")
+    flair_image, flair_affine = load_image(paths["FLAIR"])
+    images = {"FLAIR": flair_image}
+    for name in sequences:
+        if name == "FLAIR":
+            continue
+        image, affine = load_image(paths[name])
+        images[name] = _onto_flair_grid(image, affine, flair_image, flair_affine, name=name, register=register)
+    brain = None
+    if skull_strip:
+        from mstoolkit.preprocessing.preprocess import skull_strip as strip
+
+        brain = strip(flair_image, flair_affine)
+        images = {name: np.where(brain > 0, image, 0).astype(np.float32) for name, image in images.items()}
+    case = Case(case_id=paths["FLAIR"].name.split(".nii")[0], images=images, affine=flair_affine, brain_mask=brain)
+    probability, mask = predict(net, case, sequences=sequences, tta=tta, threshold=threshold,
+                                min_lesion_mm3=min_lesion_mm3, device=device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_like(out_dir / "lesion_mask.nii.gz", mask, paths["FLAIR"], dtype=np.uint8)
+    save_like(out_dir / "lesion_probability.nii.gz", probability, paths["FLAIR"], dtype=np.float32)
+    report = lesion_report(probability, mask, flair_affine)
+    used_threshold = threshold if threshold is not None else float(getattr(net, "threshold", 0.5))
+    used_min_lesion = min_lesion_mm3 if min_lesion_mm3 is not None else float(getattr(net, "min_lesion_mm3", 0.0))
+    report = {
+        **report,
+        "model": {"name": config.get("title", config["name"]), "architecture": config["name"],
+                  "version": config.get("version", __version__), "source": str(model)},
+        "inputs": {name: str(path.resolve()) for name, path in paths.items()},
+        "settings": {"threshold": used_threshold, "min_lesion_mm3": used_min_lesion, "tta": tta,
+                     "skull_strip": skull_strip, "register": register},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    _write_json(out_dir / "report.json", report)
+    return report
+
+
+def _onto_flair_grid(image: np.ndarray, affine: np.ndarray, flair: np.ndarray, flair_affine: np.ndarray, *, name: str, register: bool) -> np.ndarray:
+    """Bring another sequence onto the FLAIR grid: register it when asked, else it must already be there."""
+    from mstoolkit.data.io import check_same_grid
+
+    if register:
+        from mstoolkit.preprocessing.registration import register as register_images
+        from mstoolkit.preprocessing.registration import resample_to_reference
+
+        transform = register_images(image, affine, flair, flair_affine, kind="rigid")
+        return resample_to_reference(image, affine, flair.shape, flair_affine, transform=transform)
+    try:
+        check_same_grid(flair.shape, flair_affine, image.shape, affine, names=("FLAIR", name))
+    except MSToolkitInputError as err:
+        raise MSToolkitInputError(f"{err}\nOr pass --register to register {name} to the FLAIR.") from None
+    return image
+
+
+def cli_segment(args) -> int:
+    """``mstoolkit segment --flair F [--t1 F] --out DIR``: write the mask, probability and report."""
+    report = segment_files(args.flair, args.out, t1=args.t1, t2=args.t2, model=args.model, device=args.device,
+                           skull_strip=args.skull_strip, register=args.register, threshold=args.threshold,
+                           min_lesion_mm3=args.min_lesion_mm3, tta=args.tta)
+    print(f"{report['lesion_count']} lesion(s), {report['total_volume_ml']:.2f} mL in total "
+          f"({report['seconds']:.1f} s). Wrote lesion_mask.nii.gz, lesion_probability.nii.gz and report.json to {args.out}")
+    return 0

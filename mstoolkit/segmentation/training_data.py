@@ -1,0 +1,192 @@
+"""What the training loop eats: cases cached in memory, patches and their augmentation, splits.
+
+Training draws thousands of patches from a few volumes, so each case is
+normalised once, cropped to the brain and kept in memory (:func:`cache_cases`);
+each step then samples patches centred on lesion or on healthy brain and
+augments them with MONAI transforms (``"light"``: flips; ``"domain"``: what
+scanners change — contrast, bias field, noise, blur, resolution). The splits say
+which cases train and which validate, and :func:`reference_phantom_cases` builds
+the reference model's phantom data.
+
+Introduced in notebook 03 (U-Net training).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import torch
+
+from mstoolkit.data.io import Case, MSToolkitInputError, bounding_box
+
+if TYPE_CHECKING:
+    from mstoolkit.segmentation.config import TrainConfig
+
+__all__ = ["cache_cases", "split_train_val", "load_training_cases", "reference_phantom_cases"]
+
+
+def cache_cases(cases: Sequence[Case], sequences: Sequence[str], *, min_size: Sequence[int] = (0, 0, 0)) -> list[dict]:
+    """Normalise each case once and keep it in memory, cropped to the brain.
+
+    Returns dicts with ``"image"`` (C, x, y, z) float32, ``"label"`` (1, x, y, z)
+    uint8, and the flat indices of lesion (``"fg"``) and healthy-brain
+    (``"bg"``) voxels used by the patch sampler.
+    """
+    from mstoolkit.segmentation.inference import brain_region, prepare_inputs
+
+    cached = []
+    for case in cases:
+        if case.mask is None:
+            raise MSToolkitInputError(f"Case '{case.case_id}' has no lesion mask; training needs ground truth.")
+        image = prepare_inputs(case, sequences)
+        brain = brain_region(case)
+        box = bounding_box(brain, margin=4) or tuple(slice(0, n) for n in brain.shape)
+        image, label, brain = image[(slice(None), *box)], case.mask[box][None], brain[box]
+        pads = [(0, 0)] + [(0, max(0, int(m) - n)) for m, n in zip(min_size, label.shape[1:])]
+        image, label, brain = np.pad(image, pads), np.pad(label, pads), np.pad(brain, pads[1:])
+        lesion = label[0].astype(bool)
+        cached.append({
+            "image": np.ascontiguousarray(image, dtype=np.float32),
+            "label": np.ascontiguousarray(label, dtype=np.uint8),
+            # int32 halves the memory of the indices (a brain has ~1.5 million voxels; any volume < 2**31)
+            "fg": np.flatnonzero(lesion).astype(np.int32),
+            "bg": np.flatnonzero(brain.astype(bool) & ~lesion).astype(np.int32),
+            "case_id": case.case_id,
+            "spacing": case.spacing,
+        })
+    return cached
+
+
+def make_augmenter(kind: str, patch_size: Sequence[int], *, lesion_contrast: float = 0.0) -> Callable | None:
+    """MONAI transforms applied to each patch; ``"domain"`` randomises what scanners change.
+
+    ``lesion_contrast`` > 0: with that probability each lesion's contrast to its surroundings
+    is scaled (:class:`mstoolkit.preprocessing.transforms.RandLesionContrastd`), before any scanner effect.
+    """
+    from monai import transforms as T
+
+    from mstoolkit.preprocessing.transforms import RandLesionContrastd
+
+    if kind == "none":
+        return None
+    steps: list = [T.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0)]  # left-right symmetry
+    if lesion_contrast > 0:
+        steps.append(RandLesionContrastd(keys=["image"], label_key="label", prob=lesion_contrast))
+    if kind == "domain":
+        steps += [
+            T.RandAffined(keys=["image", "label"], prob=0.3, rotate_range=(0.2, 0.2, 0.2), scale_range=(0.15, 0.15, 0.15),
+                          mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=tuple(patch_size)),
+            T.RandSimulateLowResolutiond(keys=["image"], prob=0.25, zoom_range=(0.4, 0.9)),
+            T.RandGaussianSmoothd(keys=["image"], prob=0.2, sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0), sigma_z=(0.0, 1.5)),
+            T.RandBiasFieldd(keys=["image"], prob=0.4, coeff_range=(0.0, 0.3)),
+            T.RandAdjustContrastd(keys=["image"], prob=0.5, gamma=(0.6, 1.6)),
+            T.RandScaleIntensityd(keys=["image"], prob=0.5, factors=0.25, channel_wise=True),
+            T.RandShiftIntensityd(keys=["image"], prob=0.5, offsets=0.3, channel_wise=True),
+            T.RandGaussianNoised(keys=["image"], prob=0.4, std=0.15),
+        ]
+    return T.Compose(steps)
+
+
+def make_patch_sampler(config: TrainConfig) -> Callable:
+    """MONAI's sampler of one patch, lesion-centred with probability ``positive_fraction``."""
+    from monai.transforms import RandCropByPosNegLabeld
+
+    positive = config.positive_fraction
+    return RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=config.patch_size, pos=positive,
+                                  neg=1.0 - positive, num_samples=1, fg_indices_key="fg", bg_indices_key="bg", allow_smaller=True)
+
+
+def sample_batch(cached: list[dict], config: TrainConfig, rng: np.random.Generator, crop, augment) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` patches: each from a random case, lesion-centred with probability ``positive_fraction``."""
+    images, labels = [], []
+    for _ in range(config.batch_size):
+        item = cached[int(rng.integers(len(cached)))]
+        seed = int(rng.integers(2**31))
+        crop.set_random_state(seed=seed)
+        patch = crop({"image": item["image"], "label": item["label"], "fg": item["fg"], "bg": item["bg"]})[0]
+        if augment is not None:
+            augment.set_random_state(seed=seed + 1)
+            patch = augment(patch)
+        images.append(torch.as_tensor(np.asarray(patch["image"]), dtype=torch.float32))
+        labels.append(torch.as_tensor(np.asarray(patch["label"]), dtype=torch.float32))
+    return torch.stack(images), torch.stack(labels)
+
+
+def split_train_val(cases: Sequence[Case], *, profiles: Sequence[str] | None = None, n_val: int = 1) -> tuple[list[Case], list[Case]]:
+    """Hold out the last ``n_val`` cases for validation; return ``(train_cases, val_cases)``.
+
+    With ``profiles`` (one scanner profile per case, from a phantom's participants.tsv) the
+    validation cases are the last ones of the ``standard`` profile: training sees every
+    scanner, validation measures the model on one reference scanner, so validation Dice is
+    comparable between runs and datasets of different sizes.
+
+    Introduced in notebook 03.
+    """
+    cases = list(cases)
+    if len(cases) < 2:
+        raise MSToolkitInputError(f"Need at least 2 cases (training + validation), got {len(cases)}.")
+    n_val = min(max(1, int(n_val)), len(cases) - 1)
+    order = list(range(len(cases)))
+    if profiles is not None:
+        if len(profiles) != len(cases):
+            raise MSToolkitInputError(f"'profiles' has {len(profiles)} entries for {len(cases)} cases; give one per case.")
+        standard = [i for i in order if profiles[i] == "standard"][-n_val:]
+        order = [i for i in order if i not in standard] + standard  # the chosen ones last
+    val = set(order[-n_val:])
+    return [c for i, c in enumerate(cases) if i not in val], [c for i, c in enumerate(cases) if i in val]
+
+
+def load_training_cases(data_dir: str | Path, *, n_val: int, sequences: Sequence[str]) -> tuple[list[Case], list[Case]]:
+    """Load a dataset folder's cases with lesion masks (only ``sequences``) and split them with :func:`split_train_val`."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from mstoolkit.data.datasets import list_cases
+
+    data_dir = Path(data_dir)
+    refs = [c for c in list_cases(data_dir) if c.mask is not None]
+    if len(refs) < 2:
+        raise MSToolkitInputError(f"'{data_dir}' needs at least 2 cases with lesion masks (train + validation), found {len(refs)}.")
+    cases = []
+    for ref in tqdm(refs, desc="loading cases", leave=False):
+        cases.append(ref.load(sequences))  # only the sequences the model reads: less memory
+    profiles = None
+    table = data_dir / "participants.tsv"
+    if table.exists():
+        participants = pd.read_csv(table, sep="\t")
+        if "profile" in participants:
+            by_subject = participants.set_index("participant_id")["profile"]
+            profiles = [str(by_subject.get(c.meta.get("subject", c.case_id), "")) for c in cases]
+    return split_train_val(cases, profiles=profiles, n_val=n_val)
+
+
+def reference_phantom_cases(n_subjects: int, *, seed: int = 1000, n_val: int = 1,
+                            real_lesion_share: float = 0.0) -> tuple[list[Case], list[Case]]:
+    """The reference model's data: phantom subjects cycling through every scanner profile.
+
+    Subject ``k`` has seed ``seed + k`` and profile ``PROFILES[k % 4]``; the last
+    ``n_val`` subjects are the validation set. Mixing profiles is part of the
+    domain randomisation that lets the model work on real scans. A share
+    ``real_lesion_share`` of the training subjects (spread evenly) carry the lesions of
+    the real training masks (``REAL_LESION_MASKS["train"]``, in turn) instead of ovoids;
+    the validation subjects keep drawn lesions.
+    """
+    from tqdm.auto import tqdm
+
+    from mstoolkit.phantom.generator import PROFILES, generate_subject
+    from mstoolkit.phantom.lesions import REAL_LESION_MASKS
+
+    if not 0.0 <= real_lesion_share <= 1.0:
+        raise MSToolkitInputError(f"'real_lesion_share' must be in [0, 1], got {real_lesion_share!r}.")
+    profiles, real_masks = list(PROFILES), REAL_LESION_MASKS["train"]
+    cases, n_real = [], 0
+    for k in tqdm(range(n_subjects), desc="generating phantom subjects", leave=False):
+        real = None
+        if k < n_subjects - n_val and int((k + 1) * real_lesion_share) > int(k * real_lesion_share):
+            real, n_real = real_masks[n_real % len(real_masks)], n_real + 1
+        case = generate_subject(seed=seed + k, profile=profiles[k % len(profiles)], real_lesions=real)
+        case.images = {name: case.images[name] for name in ("FLAIR", "T1")}  # keep memory low
+        cases.append(case)
+    return cases[:-n_val], cases[-n_val:]

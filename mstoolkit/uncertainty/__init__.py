@@ -1,0 +1,4 @@
+"""Where is the model unsure: sampling predictions, uncertainty maps, calibration.
+
+Modules: ``calibration``, ``sampling``.
+"""
