@@ -146,6 +146,8 @@ def test_validation_is_standard_and_test_covers_every_scanner(profile):
     assert {scanner(s) for s in split.validation} == {"standard"}
     if profile != "quick":
         assert {scanner(s) for s in split.test} == set(PROFILES)
+    # notebook 03's domain-shift experiment trains only on subjects of the scanners it does not hold out
+    assert {scanner(s) for s in split.train} - {"low_field"}, f"{profile}: every training subject is low_field"
 
 
 def test_split_select_and_errors():
@@ -153,7 +155,7 @@ def test_split_select_and_errors():
 
     split = subject_split("quick")
     cases = [CaseFiles(case_id=f"sub-{i:03d}", images={}) for i in range(1, 6)]
-    assert [c.case_id for c in split.select(cases, "test")] == ["sub-004", "sub-005"]
+    assert [c.case_id for c in split.select(cases, "test")] == ["sub-004", "sub-002"]
     assert split.role("sub-003") == "calibration" and split.role("sub-099") is None
     with pytest.raises(MSToolkitInputError, match="not in this dataset.*n_subjects=5"):
         split.select(cases[:3], "test")

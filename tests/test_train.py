@@ -307,3 +307,50 @@ def test_distributed_data_parallel_on_two_cpu_processes(tmp_path):
         torch.testing.assert_close(rank0[key], rank1[key], msg=key)
     assert (tmp_path / "last.pt").exists()
     assert len(torch.load(tmp_path / "last.pt", weights_only=True)["history"]["epoch"]) == 2
+
+
+def test_augmentation_arms_draw_the_same_patches(cases):
+    """Notebook 03's experiment credits a difference to the augmentation: the patches must not depend on it."""
+    from mstoolkit.segmentation.training_data import make_augmenter, make_patch_sampler, sample_batch
+
+    config = tiny_config()
+    cached = cache_cases(cases, config.sequences, min_size=config.patch_size)
+    draws = {}
+    for arm in ("light", "domain"):
+        rng = np.random.default_rng(0)
+        augment = make_augmenter(arm, config.patch_size)
+        for step in augment.transforms:  # spatial steps off: the labels then show where each patch was cut
+            if "label" in step.keys:
+                step.prob = 0.0
+        batches = [sample_batch(cached, config, rng, make_patch_sampler(config), augment) for _ in range(4)]
+        draws[arm] = ([labels for _, labels in batches], [images for images, _ in batches], rng.integers(2**31))
+    assert draws["light"][2] == draws["domain"][2]  # the generator that picks cases and patch centres ran alike
+    for light, domain in zip(draws["light"][0], draws["domain"][0]):
+        torch.testing.assert_close(light, domain)  # the same patches ...
+    assert any(not torch.equal(a, b) for a, b in zip(draws["light"][1], draws["domain"][1]))  # ... augmented differently
+
+
+def test_compare_augmentations_changes_only_the_augmentation(cases):
+    from mstoolkit.segmentation.train import compare_augmentations, held_out_gaps
+
+    config = tiny_config(epochs=2, iterations_per_epoch=3)
+    test_cases = [("standard", cases[2]), ("low_field", cases[1])]
+    same = compare_augmentations(config, cases[:2], test_cases, arms=("light", "light"), seeds=(0,), verbose=False)
+    first, second = same.iloc[:2], same.iloc[2:]
+    np.testing.assert_array_equal(first["dice"].to_numpy(), second["dice"].to_numpy())  # two arms alike: one model twice
+    results = compare_augmentations(config, cases[:2], test_cases, seeds=(0, 1), verbose=False)
+    assert len(results) == 2 * 2 * 2 and set(results["augment"]) == {"light", "domain"}
+    assert results["dice"].between(0, 1).all()
+    gaps = held_out_gaps(results, "low_field")
+    assert list(gaps.columns) == ["seen", "held_out", "gap"] and len(gaps) == 4
+    np.testing.assert_allclose(gaps["gap"], gaps["seen"] - gaps["held_out"])
+    row = results[(results.augment == "domain") & (results.seed == 1)].set_index("profile")["dice"]
+    assert gaps.loc[("domain", 1), "gap"] == pytest.approx(row["standard"] - row["low_field"])
+    only_standard = held_out_gaps(results, "low_field", seen=["standard"])
+    np.testing.assert_allclose(only_standard["gap"], gaps["gap"])  # one other profile: the same average
+    with pytest.raises(MSToolkitInputError, match="'seen' must name tested profiles other than 'low_field'"):
+        held_out_gaps(results, "low_field", seen=["low_field"])
+    with pytest.raises(MSToolkitInputError, match="held-out profile 'vendor_b'"):
+        held_out_gaps(results, "vendor_b")
+    with pytest.raises(MSToolkitInputError, match="'test_cases' is empty"):
+        compare_augmentations(config, cases[:2], [], verbose=False)

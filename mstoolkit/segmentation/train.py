@@ -53,6 +53,8 @@ __all__ = [
     "seed_everything",
     "train",
     "train_ensemble",
+    "compare_augmentations",
+    "held_out_gaps",
     "cli_train",
 ]
 
@@ -339,6 +341,71 @@ def train_ensemble(config: TrainConfig, train_cases: Sequence[Case], val_cases: 
         out = str(Path(config.out_dir) / f"member-{k}") if config.out_dir else None
         results.append(train(replace(config, seed=config.seed + k, out_dir=out), train_cases, val_cases))
     return results
+
+
+def compare_augmentations(config: TrainConfig, train_cases: Sequence[Case], test_cases: Sequence[tuple[str, Case]], *,
+                          arms: Sequence[str] = ("light", "domain"), seeds: Sequence[int] = (0, 1),
+                          threshold: float = 0.5, verbose: bool = True):
+    """A controlled experiment: models that differ in their augmentation and nothing else.
+
+    For each seed and each arm (an ``augment`` setting) one model is trained from ``config`` with
+    that ``augment`` and ``seed``, without validation and for exactly ``epochs × iterations_per_epoch``
+    steps (no early stopping, no checkpoint choice, no files). Two models of one seed start from the
+    same weights and draw the same patches in the same order, flipped the same way, so what differs
+    between them is the augmentation. Each model is scored on every ``(profile, case)`` of
+    ``test_cases``: Dice at ``threshold``, fixed in advance (no threshold or small-lesion
+    removal tuned on anything).
+
+    Returns a ``pandas.DataFrame``, one row per model and test case: ``augment``, ``seed``,
+    ``profile``, ``case_id``, ``dice``. :func:`held_out_gaps` summarises it.
+
+    Introduced in notebook 03 (section 8); ``benchmarks/bench_domain_shift.py`` reruns it with more seeds.
+    """
+    import pandas as pd
+
+    from mstoolkit.evaluation.metrics import dice
+    from mstoolkit.segmentation.inference import predict
+
+    if not test_cases:
+        raise MSToolkitInputError("'test_cases' is empty; pass (profile, Case) pairs with lesion masks.")
+    rows = []
+    for seed in seeds:
+        for arm in arms:
+            run = replace(config, augment=arm, seed=int(seed), out_dir=None, resume=False, patience=None)
+            model, history = train(run, train_cases)
+            for profile, case in test_cases:
+                _, mask = predict(model, case, sequences=run.sequences, threshold=threshold, min_lesion_mm3=0.0,
+                                  device=str(next(model.parameters()).device), roi_size=run.val_roi_size)
+                rows.append({"augment": arm, "seed": int(seed), "profile": profile, "case_id": case.case_id,
+                             "dice": float(dice(mask, case.mask))})
+            if verbose:
+                scores = [r["dice"] for r in rows[-len(test_cases):]]
+                print(f"augment={arm!r}, seed {seed}: {run.epochs * run.iterations_per_epoch} steps in "
+                      f"{history['seconds'][-1]:.0f} s; mean test Dice {np.mean(scores):.3f}")
+            del model
+            release_memory()
+    return pd.DataFrame(rows)
+
+
+def held_out_gaps(results, held_out: str, *, seen: Sequence[str] | None = None):
+    """Per arm and seed: mean Dice on the scanners training saw, Dice on the ``held_out`` one, and the gap.
+
+    ``results`` is :func:`compare_augmentations`' table. Each profile's Dice is the mean over its test
+    cases; ``seen`` (the profiles of the training subjects; default: every profile but ``held_out``)
+    is averaged into one column, and ``gap = seen − held_out`` is how much a model loses on the
+    scanner it never saw.
+    """
+    by_profile = results.groupby(["augment", "seed", "profile"])["dice"].mean().unstack("profile")
+    if held_out not in by_profile:
+        raise MSToolkitInputError(f"No test case of the held-out profile {held_out!r}; profiles: {', '.join(by_profile)}.")
+    seen = [p for p in by_profile if p != held_out] if seen is None else list(dict.fromkeys(seen))
+    unknown = [p for p in seen if p not in by_profile or p == held_out]
+    if unknown or not seen:
+        raise MSToolkitInputError(f"'seen' must name tested profiles other than {held_out!r}, got {seen!r}; "
+                                  f"tested: {', '.join(by_profile)}.")
+    mean_seen = by_profile[seen].mean(axis=1)
+    return by_profile.assign(seen=mean_seen, held_out=by_profile[held_out],
+                             gap=mean_seen - by_profile[held_out])[["seen", "held_out", "gap"]]
 
 
 def cli_train(args) -> int:
