@@ -159,6 +159,26 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(run=_handler("evaluation.report", "cli_evaluate"))
 
 
+def _add_longitudinal(sub) -> None:
+    p = sub.add_parser("longitudinal", help="new, enlarging and shrinking lesions between two scans")
+    p.add_argument("--baseline", required=True, help="baseline (earlier) FLAIR .nii.gz")
+    p.add_argument("--followup", required=True, help="follow-up (later) FLAIR .nii.gz; the outputs use its grid")
+    p.add_argument("--baseline-t1", default=None, help="baseline T1 (for the segmentation model)")
+    p.add_argument("--followup-t1", default=None, help="follow-up T1 (for the segmentation model)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--registered", action="store_true",
+                   help="both scans already share one grid: register nothing, refuse different grids")
+    p.add_argument("--skull-stripped", action="store_true",
+                   help="the scans are already skull stripped (brain = non-zero voxels); default: atlas skull stripping")
+    p.add_argument("--model", default="reference", help="'reference', a checkpoint path, or 'none' (FLAIR intensity only)")
+    p.add_argument("--min-size-mm3", type=float, default=3.0,
+                   help="ignore changes smaller than this (default 3 mm³, as anima / MSSEG-2)")
+    p.add_argument("--enlarging-ratio", type=float, default=1.5,
+                   help="volume ratio that makes a lesion enlarging (default 1.5: 50%% growth, Goodkin et al. 1992)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.set_defaults(run=_handler("longitudinal.change", "cli_longitudinal"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mstoolkit",
@@ -166,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mstoolkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_doctor, _add_data, _add_notebooks, _add_preprocess, _add_train, _add_segment, _add_evaluate):
+    for add in (_add_doctor, _add_data, _add_notebooks, _add_preprocess, _add_train, _add_segment, _add_evaluate,
+                _add_longitudinal):
         add(sub)
     return parser
 

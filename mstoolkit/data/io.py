@@ -63,7 +63,7 @@ def _load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
         img.get_fdata(dtype=np.float32)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, nib.filebasedimages.ImageFileError, ValueError) as err:
         raise MSToolkitInputError(
-            f"Cannot read '{path}': the file is truncated or corrupt ({type(err).__name__}: {err}). "
+            f"Cannot read '{path}': the file is truncated or corrupt ({type(err).__name__}: {' '.join(str(err).split())}). "
             "Download or copy it again."
         ) from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):

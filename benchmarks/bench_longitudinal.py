@@ -1,0 +1,232 @@
+"""Benchmark `mstoolkit longitudinal`: change-detection accuracy, seconds and peak memory per raw pair.
+
+Three parts:
+
+* ``--select``: the parameter sweep the defaults of :mod:`mstoolkit.longitudinal.change`
+  were chosen on: phantom pairs only (``generate_longitudinal_pair``, seeds 8000-8005, every
+  scanner profile, one with 3 mm slices). The real pairs are never used to choose anything.
+* phantom test pairs (seeds 8100-8103, not used by the sweep), scored with the defaults. The
+  phantom's change mask holds the voxels of new and enlarged lesions on the baseline grid, so
+  the predicted new + enlarging labels are carried back there through the inverse of the
+  registration and scored against it.
+* the real open_ms_data pairs (patient01, patient03; Lesjak et al. 2016, CC-BY), held out: the
+  ground truth is lesion CHANGE (appearing and disappearing) in a common space, so every
+  predicted change (all classes) is carried there with the upstream ITK transforms
+  (nearest neighbour) and scored. Two inputs: both FLAIRs co-registered beforehand (resampled
+  into the common space with the upstream transforms, run with ``--registered``), and the raw
+  scans as acquired (skull on, LPS, 3-4 mm slices), which the command registers itself; the raw
+  runs are timed in a fresh process (seconds include Python start-up and writing the outputs).
+  Skipped with a message when the shared data folder (``../shared`` next to the repository,
+  as in tests/conftest.py) is absent.
+
+Scores: lesion-wise change F1, sensitivity and precision (any-overlap matching, 26-connectivity,
+changes under 3 mm³ removed from both masks as anima does) and voxel Dice of change
+(mstoolkit.evaluation.change_metrics).
+
+Run: python benchmarks/bench_longitudinal.py [--threads 2] [--select] [--model none|reference] [--skip-real]
+Writes build/benchmarks/longitudinal.json (and longitudinal_selection.json with --select).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, limit_threads, thread_env, write_json
+
+SHARED = ROOT.parent / "shared" / "data" / "open_ms_data" / "longitudinal" / "raw"
+REAL_PATIENTS = ("patient01", "patient03")
+SELECTION_SEEDS = tuple(range(8000, 8006))
+TEST_SEEDS = tuple(range(8100, 8104))
+PROFILES = ("standard", "low_field", "vendor_b", "high_res")
+SCORE_MIN_MM3 = 3.0  # anima's smallest lesion, for the scoring of every pair
+
+
+def _phantom_pair(seed: int):
+    from mstoolkit.phantom.generator import generate_longitudinal_pair
+
+    profile = PROFILES[seed % len(PROFILES)]
+    spacing = (1.0, 1.0, 3.0) if profile == "low_field" else None  # a 2D-FLAIR-like pair
+    return profile, spacing, generate_longitudinal_pair(seed=seed, profile=profile, spacing=spacing)
+
+
+def _score_phantom(result, baseline, followup, truth) -> dict:
+    import numpy as np
+
+    from mstoolkit.evaluation.change_metrics import evaluate_change
+    from mstoolkit.preprocessing.registration import resample_to_reference
+
+    grew = np.isin(result.labels, (1, 2)).astype(np.uint8)  # the phantom's truth: new and enlarged voxels
+    on_baseline = resample_to_reference(grew, followup.affine, baseline.shape, baseline.affine,
+                                        transform=np.linalg.inv(result.transform), is_mask=True)
+    scores = evaluate_change(on_baseline, truth, spacing=baseline.spacing, min_lesion_mm3=SCORE_MIN_MM3)
+    return {k: round(float(scores[k]), 4) if isinstance(scores[k], float) else scores[k] for k in scores}
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return round(sum(row[key] for row in rows) / len(rows), 4)
+
+
+def select_on_phantom() -> dict:
+    """Sweep the method's parameters on the phantom selection pairs; keep the best mean lesion F1."""
+    from mstoolkit.longitudinal.change import detect_changes
+
+    prepared = []
+    for seed in SELECTION_SEEDS:
+        profile, _, (baseline, followup, truth) = _phantom_pair(seed)
+        # Register and bias-correct once; the sweep then runs on the pair on one grid.
+        first = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
+                               skull_stripped=True)
+        prepared.append((seed, profile, baseline, followup, truth, first))
+        print(f"prepared phantom pair {seed} ({profile})", flush=True)
+    grid = {"smoothing_mm": (0.5, 1.0), "change_z": (3.0, 4.0, 5.0), "hyperintensity_z": (2.0, 2.5, 3.0),
+            "min_size_mm3": (3.0, 10.0, 30.0)}
+    rows = []
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values))
+        scores = []
+        for seed, profile, baseline, followup, truth, first in prepared:
+            result = detect_changes(first.baseline_registered, followup.affine, first.followup_corrected, followup.affine,
+                                    registered=True, skull_stripped=True, bias_correct=False, **settings)
+            result.transform = first.transform
+            scores.append(_score_phantom(result, baseline, followup, truth))
+        row = {**settings, "f1": _mean(scores, "f1"), "sensitivity": _mean(scores, "sensitivity"),
+               "precision": _mean(scores, "precision"), "dice": _mean(scores, "dice")}
+        rows.append(row)
+        print(row, flush=True)
+    best = max(rows, key=lambda row: (row["f1"], row["dice"]))
+    return {"seeds": list(SELECTION_SEEDS), "grid": grid, "best": best, "rows": rows}
+
+
+def phantom_test(model_name: str) -> dict:
+    from mstoolkit.longitudinal.change import detect_changes
+
+    model = sequences = None
+    if model_name != "none":
+        from mstoolkit.segmentation.models import load_model
+
+        model, config = load_model(model_name)
+        sequences = tuple(config["sequences"])
+    rows = []
+    for seed in TEST_SEEDS:
+        profile, spacing, (baseline, followup, truth) = _phantom_pair(seed)
+        started = time.perf_counter()
+        result = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
+                                baseline_t1=baseline.images["T1"], followup_t1=followup.images["T1"],
+                                skull_stripped=True, model=model, model_sequences=sequences or ("FLAIR", "T1"))
+        rows.append({"seed": seed, "profile": profile, "spacing": spacing, "seconds": round(time.perf_counter() - started, 1),
+                     **_score_phantom(result, baseline, followup, truth)})
+        print(rows[-1], flush=True)
+    return {"pairs": rows, "mean_f1": _mean(rows, "f1"), "mean_sensitivity": _mean(rows, "sensitivity"),
+            "mean_precision": _mean(rows, "precision"), "mean_dice": _mean(rows, "dice")}
+
+
+def _run_cli(arguments: list[str], threads: int) -> tuple[float, float]:
+    """Run ``mstoolkit longitudinal`` in a fresh process; return (seconds, peak resident memory in MB)."""
+    command = [sys.executable, "-c",
+               "import resource, sys; from mstoolkit.cli import main; code = main(sys.argv[1:]); "
+               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)",
+               "longitudinal", *arguments, "--device", "cpu"]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=thread_env(threads))
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"longitudinal failed:\n{done.stderr[-2000:]}")
+    peak_kb = next(int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("PEAK_KB"))
+    return seconds, peak_kb / 1024
+
+
+def _to_common(path: Path, patient: Path, study: str, *, nearest: bool):
+    """An image carried into the ground truth's common space with the upstream ITK transform."""
+    import SimpleITK as sitk
+
+    common = sitk.ReadImage(str(patient / "gt.nii.gz"))
+    transform = sitk.ReadTransform(str(patient / f"{study}_FLAIR_to_common_space.txt"))
+    image = sitk.ReadImage(str(path), sitk.sitkUInt8 if nearest else sitk.sitkFloat32)
+    return sitk.Resample(image, common, transform, sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, 0)
+
+
+def _score_real(change_mask: Path, patient: Path, study: str | None) -> dict:
+    import SimpleITK as sitk
+
+    from mstoolkit.data.io import load_mask, spacing_from_affine
+    from mstoolkit.evaluation.change_metrics import evaluate_change
+
+    truth, affine = load_mask(patient / "gt.nii.gz")
+    if study is None:  # already in the common space
+        pred, _ = load_mask(change_mask)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            carried = Path(tmp) / "change_common.nii.gz"
+            sitk.WriteImage(_to_common(change_mask, patient, study, nearest=True), str(carried))
+            pred, _ = load_mask(carried)
+    scores = evaluate_change(pred, truth, spacing=spacing_from_affine(affine), min_lesion_mm3=SCORE_MIN_MM3)
+    return {k: round(float(v), 4) if isinstance(v, float) else v for k, v in scores.items()}
+
+
+def real_pairs(threads: int, model_name: str) -> dict:
+    import SimpleITK as sitk
+
+    if not SHARED.is_dir():
+        print(f"skipping the real pairs: {SHARED} is absent (the shared data folder next to the repository)")
+        return {"skipped": f"{SHARED} absent"}
+    results = {}
+    for name in REAL_PATIENTS:
+        patient = SHARED / name
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            model_args = ["--model", model_name]
+            t1_args = []
+            for flag, study in (("--baseline-t1", "study1"), ("--followup-t1", "study2")):
+                if (patient / f"{study}_T1W.nii.gz").exists():
+                    t1_args += [flag, str(patient / f"{study}_T1W.nii.gz")]
+            # Raw: the scans as acquired; the command registers them.
+            raw_out = tmp / "raw"
+            seconds, peak_mb = _run_cli(["--baseline", str(patient / "study1_FLAIR.nii.gz"),
+                                         "--followup", str(patient / "study2_FLAIR.nii.gz"), "--out", str(raw_out),
+                                         *t1_args, *model_args], threads)
+            raw = {"seconds": round(seconds, 1), "peak_mb": round(peak_mb), **_score_real(raw_out / "change_mask.nii.gz", patient, "study2")}
+            # Co-registered: both FLAIRs resampled into the common space beforehand (FLAIR only:
+            # the T1s would need the intra-study transforms too).
+            for study in ("study1", "study2"):
+                sitk.WriteImage(_to_common(patient / f"{study}_FLAIR.nii.gz", patient, study, nearest=False),
+                                str(tmp / f"{study}_common.nii.gz"))
+            reg_out = tmp / "registered"
+            seconds, peak_mb = _run_cli(["--baseline", str(tmp / "study1_common.nii.gz"),
+                                         "--followup", str(tmp / "study2_common.nii.gz"), "--out", str(reg_out),
+                                         "--registered", "--model", "none"], threads)
+            registered = {"seconds": round(seconds, 1), "peak_mb": round(peak_mb), **_score_real(reg_out / "change_mask.nii.gz", patient, None)}
+        results[name] = {"raw": raw, "registered": registered}
+        print(name, results[name], flush=True)
+    for kind in ("raw", "registered"):
+        results[f"mean_f1_{kind}"] = round(sum(results[p][kind]["f1"] for p in REAL_PATIENTS) / len(REAL_PATIENTS), 4)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--select", action="store_true", help="run the parameter sweep on the phantom selection pairs")
+    parser.add_argument("--model", default="none", help="'none' (FLAIR only, the default here) or 'reference'")
+    parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--skip-phantom", action="store_true")
+    args = parser.parse_args()
+    limit_threads(args.threads, torch=True, simpleitk=True)
+    if args.select:
+        write_json("longitudinal_selection", select_on_phantom())
+        return
+    out = {"threads": args.threads, "model": args.model}
+    if not args.skip_phantom:
+        out["phantom_test"] = phantom_test(args.model)
+    if not args.skip_real:
+        out["real_heldout"] = real_pairs(args.threads, args.model)
+    write_json("longitudinal", out)
+
+
+if __name__ == "__main__":
+    main()
