@@ -90,7 +90,7 @@ def select_on_phantom() -> dict:
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values))
         scores = []
-        for seed, profile, baseline, followup, truth, first in prepared:
+        for _seed, _profile, baseline, followup, truth, first in prepared:
             result = detect_changes(first.baseline_registered, followup.affine, first.followup_corrected, followup.affine,
                                     registered=True, skull_stripped=True, bias_correct=False, **settings)
             result.transform = first.transform
