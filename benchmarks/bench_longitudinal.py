@@ -141,36 +141,16 @@ def _run_cli(arguments: list[str], threads: int) -> tuple[float, float]:
     return seconds, peak_kb / 1024
 
 
-def _to_common(path: Path, patient: Path, study: str, *, nearest: bool):
-    """An image carried into the ground truth's common space with the upstream ITK transform."""
-    import SimpleITK as sitk
-
-    common = sitk.ReadImage(str(patient / "gt.nii.gz"))
-    transform = sitk.ReadTransform(str(patient / f"{study}_FLAIR_to_common_space.txt"))
-    image = sitk.ReadImage(str(path), sitk.sitkUInt8 if nearest else sitk.sitkFloat32)
-    return sitk.Resample(image, common, transform, sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, 0)
-
-
 def _score_real(change_mask: Path, patient: Path, study: str | None) -> dict:
-    import SimpleITK as sitk
+    from mstoolkit.longitudinal.change import score_in_common_space
 
-    from mstoolkit.data.io import load_mask, spacing_from_affine
-    from mstoolkit.evaluation.change_metrics import evaluate_change
-
-    truth, affine = load_mask(patient / "gt.nii.gz")
-    if study is None:  # already in the common space
-        pred, _ = load_mask(change_mask)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            carried = Path(tmp) / "change_common.nii.gz"
-            sitk.WriteImage(_to_common(change_mask, patient, study, nearest=True), str(carried))
-            pred, _ = load_mask(carried)
-    scores = evaluate_change(pred, truth, spacing=spacing_from_affine(affine), min_lesion_mm3=SCORE_MIN_MM3)
+    scores = score_in_common_space(change_mask, patient, study=study, min_lesion_mm3=SCORE_MIN_MM3)
     return {k: round(float(v), 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
 def real_pairs(threads: int, model_name: str) -> dict:
-    import SimpleITK as sitk
+    from mstoolkit.data.io import save_image
+    from mstoolkit.longitudinal.change import to_common_space
 
     if not SHARED.is_dir():
         print(f"skipping the real pairs: {SHARED} is absent (the shared data folder next to the repository)")
@@ -194,8 +174,8 @@ def real_pairs(threads: int, model_name: str) -> dict:
             # Co-registered: both FLAIRs resampled into the common space beforehand (FLAIR only:
             # the T1s would need the intra-study transforms too).
             for study in ("study1", "study2"):
-                sitk.WriteImage(_to_common(patient / f"{study}_FLAIR.nii.gz", patient, study, nearest=False),
-                                str(tmp / f"{study}_common.nii.gz"))
+                image, affine = to_common_space(patient / f"{study}_FLAIR.nii.gz", patient, study, is_mask=False)
+                save_image(tmp / f"{study}_common.nii.gz", image, affine)
             reg_out = tmp / "registered"
             seconds, peak_mb = _run_cli(["--baseline", str(tmp / "study1_common.nii.gz"),
                                          "--followup", str(tmp / "study2_common.nii.gz"), "--out", str(reg_out),

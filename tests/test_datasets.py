@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 import mstoolkit
-from mstoolkit.data.datasets import CaseFiles, bids_paths, list_cases, load_dataset_case, real_sample_dir
+from mstoolkit.data.datasets import (
+    LONGITUDINAL_FILES,
+    CaseFiles,
+    bids_paths,
+    list_cases,
+    load_dataset_case,
+    real_longitudinal_patient,
+    real_sample_dir,
+)
 from mstoolkit.data.io import MSToolkitInputError
 
 
@@ -67,12 +75,28 @@ def test_shipped_sample_is_byte_identical_to_upstream():
     root = real_sample_dir()
     manifest = {entry["path"]: entry for entry in download.load_manifest("open_ms_data")["files"]}
     shipped = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "README.md")
-    assert len(shipped) == 7
+    assert len(shipped) == 7 + 6  # patient26 and the cross-sectional tables; longitudinal patient01's FLAIR pair
     for relative in shipped:
         assert fetch.file_digest(root / relative, "git_blob_sha1") == manifest[relative]["git_blob_sha1"], relative
     upstream = {path for path in manifest if path.startswith("cross_sectional/MNI/patient26/")}
     assert upstream <= set(shipped)
+    assert {f"longitudinal/raw/patient01/{name}" for name in LONGITUDINAL_FILES} <= set(shipped)
+    assert "Validation of white-matter lesion change" in (root / "README.md").read_text()
     assert "Lesjak" in (root / "README.md").read_text() and "CC-BY" in (root / "README.md").read_text()
+
+
+def test_real_longitudinal_patient(tmp_path, monkeypatch):
+    folder = real_longitudinal_patient()
+    assert folder.is_relative_to(Path(mstoolkit.__file__).parent) and folder.name == "patient01"
+    with pytest.raises(MSToolkitInputError, match="'patient03' is not complete.*only patient01 ships"):
+        real_longitudinal_patient("patient03")
+    partial = tmp_path / "longitudinal" / "raw" / "patient01"
+    partial.mkdir(parents=True)
+    (tmp_path / "cross_sectional").mkdir()
+    (partial / "study1_FLAIR.nii.gz").write_bytes(b"")
+    monkeypatch.setenv("MSTOOLKIT_REAL_SAMPLE", str(tmp_path))
+    with pytest.raises(MSToolkitInputError, match="missing study2_FLAIR.nii.gz, gt.nii.gz"):
+        real_longitudinal_patient()
 
 
 def test_real_sample_override(tmp_path, monkeypatch):
@@ -96,8 +120,12 @@ def test_prepare_builds_every_phantom_size_the_notebooks_use():
 
     notebooks = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert notebooks
+    checked = 0
     for path in notebooks:
         source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+        if "ensure_phantom" not in source and "subject_split" not in source:
+            continue  # e.g. notebook 07: phantom pairs made on the spot, no phantom dataset
+        checked += 1
         split_names = set(re.findall(r"(\w+) = (?:datasets\.)?subject_split\(PROFILE\)", source))
         sizes = re.findall(r"ensure_phantom\([^)]*n_subjects=([\w.]+)", source)
         assert split_names, f"{path.name}: should take its subjects from subject_split(PROFILE)"
@@ -106,6 +134,7 @@ def test_prepare_builds_every_phantom_size_the_notebooks_use():
             assert size in {f"{name}.n_subjects" for name in split_names}, (
                 f"{path.name}: ensure_phantom(n_subjects={size}) is not the split's size; `mstoolkit data prepare` "
                 "builds only NOTEBOOK_SUBJECTS")
+    assert checked >= 6, f"only {checked} notebooks use the phantom dataset; notebooks 01-06 all do"
 
 
 def test_prepare_sizes_are_the_splits():

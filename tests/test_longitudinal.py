@@ -244,3 +244,26 @@ def test_registered_refuses_a_grid_mismatch_with_a_fix(pair_files, tmp_path, cap
     error = capsys.readouterr().err
     assert code == 2 and "different grids" in error and "drop --registered" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_scoring_in_the_common_space_of_the_shipped_pair(tmp_path):
+    """The shipped real pair is scored where its truth lives; a mask on another grid is refused, not misread."""
+    from mstoolkit.data.datasets import real_longitudinal_patient
+    from mstoolkit.data.io import MSToolkitInputError, load_image, save_mask
+    from mstoolkit.longitudinal.change import score_in_common_space, to_common_space
+
+    patient = real_longitudinal_patient()
+    perfect = score_in_common_space(patient / "gt.nii.gz", patient, study=None)
+    assert perfect["f1"] == 1.0 and perfect["dice"] == 1.0 and perfect["n_true"] > 0
+    # A FLAIR carried into the common space lands on the truth's grid, with the brain inside it.
+    carried, affine = to_common_space(patient / "study2_FLAIR.nii.gz", patient, "study2", is_mask=False)
+    truth, truth_affine = load_image(patient / "gt.nii.gz")
+    assert carried.shape == truth.shape and np.allclose(affine, truth_affine)
+    assert carried[truth > 0].mean() > np.percentile(carried[carried > 0], 50)  # lesion change sits in bright tissue
+    empty = tmp_path / "empty.nii.gz"
+    save_mask(empty, np.zeros(load_image(patient / "study2_FLAIR.nii.gz")[0].shape, np.uint8),
+              load_image(patient / "study2_FLAIR.nii.gz")[1])
+    with pytest.raises(MSToolkitInputError, match="the change mask"):  # on the follow-up grid, not the truth's
+        score_in_common_space(empty, patient, study=None)
+    nothing = score_in_common_space(empty, patient)
+    assert nothing["f1"] == 0.0 and nothing["n_pred"] == 0 and nothing["sensitivity"] == 0.0

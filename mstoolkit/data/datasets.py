@@ -28,6 +28,7 @@ __all__ = [
     "bids_paths",
     "default_data_dir",
     "real_sample_dir",
+    "real_longitudinal_patient",
     "SHIPPED_SAMPLE",
     "ROLES",
     "SubjectSplit",
@@ -278,8 +279,10 @@ def real_sample_dir() -> Path:
     """The real open_ms_data sample: the copy shipped inside the package, or ``$MSTOOLKIT_REAL_SAMPLE``.
 
     The package ships one real patient (open_ms_data patient26: FLAIR, T1, T1 post-contrast,
-    T2 and the consensus lesion mask, CC-BY; ``mstoolkit/data/sample_data/open_ms_data/README.md``),
-    so every real-data section of the notebooks runs offline. Set ``$MSTOOLKIT_REAL_SAMPLE`` to
+    T2 and the consensus lesion mask) and one longitudinal pair (patient01's two FLAIRs, the
+    lesion-change truth and the transforms into its space), CC-BY
+    (``mstoolkit/data/sample_data/open_ms_data/README.md``), so every real-data section of the
+    notebooks runs offline. Set ``$MSTOOLKIT_REAL_SAMPLE`` to
     a downloaded open_ms_data folder (``mstoolkit data download open_ms_data``) to use that instead.
 
     Introduced in notebook 01 (data loading).
@@ -291,3 +294,29 @@ def real_sample_dir() -> Path:
                                       "point it at an open_ms_data download or unset it to use the shipped sample.")
         return chosen
     return SHIPPED_SAMPLE
+
+
+#: The files of one open_ms_data longitudinal patient that :func:`real_longitudinal_patient` requires.
+LONGITUDINAL_FILES = ("study1_FLAIR.nii.gz", "study2_FLAIR.nii.gz", "gt.nii.gz",
+                      "study1_FLAIR_to_common_space.txt", "study2_FLAIR_to_common_space.txt")
+
+
+def real_longitudinal_patient(patient: str = "patient01") -> Path:
+    """The folder of one real longitudinal patient of open_ms_data (Lesjak et al. 2016, CC-BY).
+
+    ``longitudinal/raw/<patient>/`` of :func:`real_sample_dir`: both FLAIRs as acquired
+    (``study1`` baseline, ``study2`` follow-up), ``gt.nii.gz`` (the consensus of lesion change,
+    in a common space) and the ITK transforms of each FLAIR into that space. patient01 ships
+    with the package; others need ``mstoolkit data download open_ms_data`` and
+    ``$MSTOOLKIT_REAL_SAMPLE``.
+
+    Introduced in notebook 07 (longitudinal change).
+    """
+    folder = real_sample_dir() / "longitudinal" / "raw" / patient
+    missing = [name for name in LONGITUDINAL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise MSToolkitInputError(
+            f"The longitudinal patient '{patient}' is not complete in {folder.parent} (missing {', '.join(missing)}); "
+            "only patient01 ships with the package: download the others with `mstoolkit data download open_ms_data` "
+            "and set $MSTOOLKIT_REAL_SAMPLE to that folder.")
+    return folder

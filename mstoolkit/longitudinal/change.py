@@ -60,7 +60,7 @@ __all__ = [
     "DEFAULT_CHANGE_Z", "DEFAULT_HYPERINTENSITY_Z", "DEFAULT_SMOOTHING_MM", "DEFAULT_EDGE_MM",
     "DEFAULT_MIN_SIZE_MM3", "DEFAULT_ENLARGING_RATIO",
     "ChangeResult", "robust_zscore", "normal_appearing_tissue", "change_z_map", "classify_changes",
-    "detect_changes", "longitudinal_files", "cli_longitudinal",
+    "detect_changes", "longitudinal_files", "cli_longitudinal", "to_common_space", "score_in_common_space",
 ]
 
 #: Label values of the change classes.
@@ -441,6 +441,55 @@ def _load_t1(path, flair: np.ndarray, flair_affine: np.ndarray, name: str, regis
                                   f"(shape {image.shape} vs {flair.shape}); resample it first or drop --registered.")
     transform = register(image, affine, flair, flair_affine, kind="rigid")
     return resample_to_reference(image, affine, flair.shape, flair_affine, transform=transform)
+
+
+def to_common_space(path: str | os.PathLike, patient_dir: str | os.PathLike, study: str, *,
+                    is_mask: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI on one study's FLAIR grid, carried into an open_ms_data patient's common space.
+
+    open_ms_data scores lesion change in one common space per longitudinal patient (the grid of
+    its ``gt.nii.gz``) and gives, for each study, the ITK affine transform of its FLAIR there
+    (``<study>_FLAIR_to_common_space.txt``). SimpleITK applies it exactly as ITK wrote it
+    (linear interpolation, or nearest neighbour for masks). Returns the RAS+ array and affine,
+    as :func:`mstoolkit.data.io.load_image` gives them.
+    """
+    import tempfile
+
+    import SimpleITK as sitk
+
+    from mstoolkit.data.io import load_image, load_mask
+
+    patient_dir = Path(patient_dir)
+    common = sitk.ReadImage(str(patient_dir / "gt.nii.gz"))
+    transform = sitk.ReadTransform(str(patient_dir / f"{study}_FLAIR_to_common_space.txt"))
+    image = sitk.ReadImage(str(path), sitk.sitkUInt8 if is_mask else sitk.sitkFloat32)
+    carried = sitk.Resample(image, common, transform, sitk.sitkNearestNeighbor if is_mask else sitk.sitkLinear, 0)
+    with tempfile.TemporaryDirectory() as folder:  # through a file: the toolkit's own reader sets the orientation
+        written = Path(folder) / "carried.nii.gz"
+        sitk.WriteImage(carried, str(written))
+        return load_mask(written) if is_mask else load_image(written)
+
+
+def score_in_common_space(change_mask: str | os.PathLike, patient_dir: str | os.PathLike, *, study: str | None = "study2",
+                          min_lesion_mm3: float = DEFAULT_MIN_SIZE_MM3) -> dict[str, Any]:
+    """Lesion-change scores of a change mask against an open_ms_data patient's ``gt.nii.gz``.
+
+    ``change_mask`` is on the grid of ``study`` (``mstoolkit longitudinal`` writes on the
+    follow-up's, ``study2``) and is carried into the common space first; with ``study=None`` it
+    is already there. Every predicted change counts (the truth holds appearing and disappearing
+    lesions alike); scores are :func:`mstoolkit.evaluation.change_metrics.evaluate_change`'s,
+    with changes under ``min_lesion_mm3`` ignored on both sides (3 mm³, as anima scores MSSEG-2).
+    """
+    from mstoolkit.data.io import load_mask
+    from mstoolkit.evaluation.change_metrics import evaluate_change
+
+    truth, affine = load_mask(Path(patient_dir) / "gt.nii.gz")
+    if study is None:
+        pred, pred_affine = load_mask(change_mask)
+        check_same_grid(pred.shape, pred_affine, truth.shape, affine, names=("the change mask", "gt.nii.gz"))
+    else:
+        pred, _ = to_common_space(change_mask, patient_dir, study, is_mask=True)
+    return evaluate_change(pred, truth, spacing=spacing_from_affine(affine), min_lesion_mm3=min_lesion_mm3)
 
 
 def _write_json(path: Path, data: dict) -> None:
