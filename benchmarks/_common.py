@@ -71,11 +71,11 @@ def write_json(name: str, data: Any, *, path: str | os.PathLike | None = None) -
     A run that stops half-way never leaves a half-written result. Prints and
     returns the path.
     """
+    from mstoolkit.data.io import write_atomic  # here: numpy loads only after limit_threads
+
     out = Path(path) if path is not None else OUT_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.tmp")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, out)
+    write_atomic(out, json.dumps(data, indent=2) + "\n")
     print(f"wrote {out}")
     return out
 

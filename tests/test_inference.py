@@ -12,6 +12,7 @@ from torch import nn
 
 from mstoolkit.cli import main
 from mstoolkit.data.io import Case, MSToolkitInputError, load_image
+from mstoolkit.evaluation.metrics import label_lesions
 from mstoolkit.segmentation.inference import (
     brain_region,
     lesion_report,
@@ -19,6 +20,7 @@ from mstoolkit.segmentation.inference import (
     prepare_inputs,
     remove_small_lesions,
     segment_files,
+    sliding_window_logits,
 )
 from mstoolkit.segmentation.models import build_model, save_model
 
@@ -86,6 +88,24 @@ def test_remove_small_lesions_uses_mm3():
     assert remove_small_lesions(mask, spacing=(1, 1, 1), min_volume_mm3=8).sum() == 8
     assert remove_small_lesions(mask, spacing=(1, 1, 3), min_volume_mm3=3).sum() == 9
     assert remove_small_lesions(mask, spacing=(1, 1, 1), min_volume_mm3=9).sum() == 0
+    labels, n = label_lesions(mask, spacing=(1, 1, 3), min_lesion_mm3=3)  # the metrics drop the same components
+    assert n == 2 and np.array_equal(labels > 0, remove_small_lesions(mask, spacing=(1, 1, 3), min_volume_mm3=3) > 0)
+
+
+def test_sliding_window_logits_fits_or_keeps_the_window():
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape))
+        return x[:, :1] * 2
+
+    inputs = torch.arange(2 * 10 * 12 * 8, dtype=torch.float32).reshape(1, 2, 10, 12, 8)
+    out = sliding_window_logits(model, inputs, (16, 16, 16), 0.25)
+    assert seen == [(1, 2, 10, 12, 8)] and out.shape == (1, 1, 10, 12, 8)  # one window, shrunk to the volume
+    torch.testing.assert_close(out, inputs[:, :1] * 2)
+    seen.clear()
+    sliding_window_logits(model, inputs, (16, 16, 16), 0.25, sw_batch_size=1, fit_to_volume=False)
+    assert seen == [(1, 2, 16, 16, 16)]  # padded up to the window
 
 
 def test_lesion_report_hand_computed():

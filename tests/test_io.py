@@ -18,6 +18,7 @@ from mstoolkit.data.io import (
     save_like,
     save_mask,
     spacing_from_affine,
+    write_atomic,
 )
 
 # An LPS, anisotropic affine: x flipped, y flipped, 0.7 × 0.8 × 3 mm voxels.
@@ -122,6 +123,32 @@ def test_saving_is_atomic_and_leaves_no_temp_files(tmp_path, volume):
     assert not (tmp_path / "bad.nii.gz").exists()
     with pytest.raises(MSToolkitInputError, match="must end with .nii"):
         save_image(tmp_path / "a.png", volume, np.eye(4))
+
+
+def test_write_atomic_text_bytes_and_writer(tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        assert write_atomic(tmp_path / "a.json", '{"ü": 1}\n').read_text(encoding="utf-8") == '{"ü": 1}\n'
+        assert write_atomic(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
+        seen = []
+        write_atomic(tmp_path / "c.nii.gz", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
+        assert seen[0].startswith(".tmp-") and seen[0].endswith("-c.nii.gz")  # same folder, same ending
+        assert (tmp_path / "c.nii.gz").stat().st_mode & 0o777 == 0o644  # the usual permissions, like open()
+    finally:
+        os.umask(previous)
+    write_atomic(tmp_path / "a.json", "new")
+    assert (tmp_path / "a.json").read_text() == "new"
+
+    def half_then_fail(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomic(tmp_path / "a.json", half_then_fail)
+    assert (tmp_path / "a.json").read_text() == "new"  # the old file stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.bin", "c.nii.gz"]  # no temporary left
 
 
 def test_check_same_grid_messages():

@@ -10,7 +10,7 @@ import pytest
 
 from mstoolkit.data.io import MSToolkitInputError, save_mask
 from mstoolkit.evaluation.metric_tables import evaluate_cohort, lesion_table, metrics_by_lesion_size
-from mstoolkit.evaluation.metrics import dice, evaluate, hd95, label_lesions, ndsc, surface_distances
+from mstoolkit.evaluation.metrics import dice, dice_from_counts, evaluate, hd95, label_lesions, ndsc, surface_distances
 from mstoolkit.evaluation.report import (
     bland_altman_figure,
     simulate_rater,
@@ -52,6 +52,8 @@ def test_dice_hand_computed_and_policy():
     assert dice(a, b) == pytest.approx(0.5)
     assert dice(np.zeros(SHAPE), np.zeros(SHAPE)) == 1.0
     assert dice(a, np.zeros(SHAPE)) == 0.0
+    assert dice_from_counts(4, 8, 8) == dice(a, b) == evaluate(a, b, spacing=(1, 1, 1))["dice"]
+    assert dice_from_counts(0, 0, 0) == 1.0
 
 
 @pytest.mark.parametrize("seed", range(4))

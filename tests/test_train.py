@@ -192,13 +192,14 @@ def test_weight_averaging_keeps_and_resumes_the_average(cases, tmp_path):
 def test_lesion_contrast_changes_only_the_lesions_of_training_patches(cases):
     from scipy import ndimage as ndi
 
-    from mstoolkit.segmentation.training_data import make_augmenter, make_patch_sampler, sample_batch
+    from mstoolkit.preprocessing.transforms import augmentation_pipeline
+    from mstoolkit.segmentation.training_data import make_patch_sampler, sample_batch
 
     cached = cache_cases(cases[:1], ("FLAIR", "T1"))
     batches = []
     for probability in (0.0, 1.0):
         config = tiny_config(augment="light", lesion_contrast=probability, positive_fraction=1.0)
-        augment = make_augmenter(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
+        augment = augmentation_pipeline(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
         batches.append(sample_batch(cached, config, np.random.default_rng(7), make_patch_sampler(config), augment))
     (plain, labels), (changed, same_labels) = batches
     assert torch.equal(labels, same_labels)  # a fainter lesion is still a lesion
@@ -311,14 +312,15 @@ def test_distributed_data_parallel_on_two_cpu_processes(tmp_path):
 
 def test_augmentation_arms_draw_the_same_patches(cases):
     """Notebook 03's experiment credits a difference to the augmentation: the patches must not depend on it."""
-    from mstoolkit.segmentation.training_data import make_augmenter, make_patch_sampler, sample_batch
+    from mstoolkit.preprocessing.transforms import augmentation_pipeline
+    from mstoolkit.segmentation.training_data import make_patch_sampler, sample_batch
 
     config = tiny_config()
     cached = cache_cases(cases, config.sequences, min_size=config.patch_size)
     draws = {}
     for arm in ("light", "domain"):
         rng = np.random.default_rng(0)
-        augment = make_augmenter(arm, config.patch_size)
+        augment = augmentation_pipeline(arm, config.patch_size)
         for step in augment.transforms:  # spatial steps off: the labels then show where each patch was cut
             if "label" in step.keys:
                 step.prob = 0.0

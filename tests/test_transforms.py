@@ -66,21 +66,60 @@ def test_train_transforms_patches_and_pos_neg_ratio(case):
     assert all(float(s["label"].sum()) == 0 for _ in range(5) for s in only_negative(tr.case_to_dict(case, ["FLAIR"])))
 
 
-@pytest.mark.parametrize("level", ["standard", "strong"])
-def test_train_transforms_augment_levels_run_and_keep_label_binary(case, level):
-    pipeline = tr.train_transforms(["FLAIR", "T1"], patch_size=(16, 16, 16), num_samples=2, augment=level, seed=3)
+@pytest.mark.parametrize(("level", "lesion_contrast"), [("light", 0.0), ("domain", 0.0), ("domain", 0.5)])
+def test_train_transforms_augment_levels_run_and_keep_label_binary(case, level, lesion_contrast):
+    pipeline = tr.train_transforms(["FLAIR", "T1"], patch_size=(16, 16, 16), num_samples=2, augment=level,
+                                   lesion_contrast=lesion_contrast, seed=3)
     for sample in pipeline(tr.case_to_dict(case, ["FLAIR", "T1"])):
         assert sample["image"].shape == (2, 16, 16, 16)
         assert torch.isfinite(sample["image"]).all()
         assert set(torch.unique(sample["label"]).tolist()) <= {0.0, 1.0}
 
 
+def _steps(compose):
+    return [(type(t).__name__, sorted(t.keys), getattr(t, "prob", None)) for t in compose.transforms]
+
+
+@pytest.mark.parametrize(("level", "lesion_contrast"), [("light", 0.0), ("light", 0.5), ("domain", 0.0), ("domain", 0.5)])
+def test_train_transforms_augment_with_the_training_loops_pipeline(level, lesion_contrast):
+    """One augmentation vocabulary and one pipeline: train_transforms ends with what the training loop runs."""
+    pipeline = tr.train_transforms(["FLAIR", "T1"], patch_size=(16, 16, 16), augment=level, lesion_contrast=lesion_contrast)
+    augment = [t for t in pipeline.transforms if type(t).__name__ == "Compose"]
+    assert len(augment) == 1
+    assert _steps(augment[0]) == _steps(tr.augmentation_pipeline(level, (16, 16, 16), lesion_contrast=lesion_contrast))
+    assert not any(type(t).__name__ == "Compose" for t in tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8),
+                                                                              augment="none").transforms)
+    assert tr.augmentation_pipeline("none", (16, 16, 16)) is None
+    assert list(tr.AUGMENT_LEVELS) == ["none", "light", "domain"]
+
+
+def test_augmentation_pipeline_light_and_domain():
+    assert _steps(tr.augmentation_pipeline("light", (8, 8, 8))) == [("RandFlipd", ["image", "label"], 0.5)]
+    with_contrast = _steps(tr.augmentation_pipeline("light", (8, 8, 8), lesion_contrast=0.3))
+    assert with_contrast[1] == ("RandLesionContrastd", ["image"], 0.3)  # right after the flip
+    domain = tr.augmentation_pipeline("domain", (8, 8, 8))
+    assert [name for name, _, _ in _steps(domain)] == [
+        "RandFlipd", "RandAffined", "RandSimulateLowResolutiond", "RandGaussianSmoothd", "RandBiasFieldd",
+        "RandAdjustContrastd", "RandScaleIntensityd", "RandShiftIntensityd", "RandGaussianNoised"]
+    # the reference model's recipe: these probabilities must not drift
+    assert [prob for _, _, prob in _steps(domain)] == [0.5, 0.3, 0.25, 0.2, 0.4, 0.5, 0.5, 0.5, 0.4]
+    rng = np.random.default_rng(0)
+    patch = {"image": torch.as_tensor(rng.normal(size=(2, 8, 8, 8)).astype(np.float32)),
+             "label": torch.as_tensor((rng.random((1, 8, 8, 8)) > 0.9).astype(np.float32))}
+    outputs = []
+    for _ in range(2):
+        domain.set_random_state(seed=5)
+        outputs.append(domain({k: v.clone() for k, v in patch.items()}))
+    torch.testing.assert_close(outputs[0]["image"], outputs[1]["image"], atol=0, rtol=0)  # seeded: the same patch
+    assert outputs[0]["image"].shape == (2, 8, 8, 8)
+
+
 def test_train_transforms_are_reproducible_with_a_seed(case):
     data = tr.case_to_dict(case, ["FLAIR"])
-    first = tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="strong", seed=7)(data)
-    second = tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="strong", seed=7)(data)
+    first = tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="domain", seed=7)(data)
+    second = tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="domain", seed=7)(data)
     torch.testing.assert_close(first[0]["image"], second[0]["image"], atol=1e-5, rtol=1e-5)
-    third = tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="strong", seed=8)(data)
+    third = tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="domain", seed=8)(data)
     assert not torch.allclose(first[0]["image"], third[0]["image"])
 
 
@@ -183,8 +222,12 @@ def test_from_files_pipeline_orients_and_resamples(tmp_path, case):
 
 
 def test_transform_errors(case):
-    with pytest.raises(MSToolkitInputError, match="'augment' must be one of none, standard, strong, got 'heavy'"):
-        tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="heavy")
+    with pytest.raises(MSToolkitInputError, match="^'augment' must be 'none', 'light' or 'domain', got 'strong'.$"):
+        tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="strong")
+    with pytest.raises(MSToolkitInputError, match="'lesion_contrast' must be a probability in"):
+        tr.train_transforms(["FLAIR"], patch_size=(8, 8, 8), augment="none", lesion_contrast=0.5)
+    with pytest.raises(MSToolkitInputError, match="'augment' must be 'none', 'light' or 'domain', got 'heavy'"):
+        tr.augmentation_pipeline("heavy", (8, 8, 8))
     with pytest.raises(MSToolkitInputError, match="'sequences' must be names from FLAIR, T1, T1CE, T2"):
         tr.train_transforms(["PD"], patch_size=(8, 8, 8))
     with pytest.raises(MSToolkitInputError, match="'lesion_contrast' changes the lesions the label marks: pass label_key"):

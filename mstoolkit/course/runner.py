@@ -31,7 +31,7 @@ from unittest import mock
 from tqdm.auto import tqdm
 
 from mstoolkit.course.exercises import PROFILES
-from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError, write_atomic
 
 __all__ = [
     "SETUP_CELL", "REQUIRED_PARAMETERS", "notebook_paths", "repository_url", "setup_cell_source", "run_notebooks",
@@ -175,18 +175,16 @@ def _peak_memory(interval: float = 0.2) -> Iterator[dict[str, int]]:
         thread.join()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_file(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open() keeps the usual permissions
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_atomic(path, text)
 
 
 def _kernel_dir(out: Path) -> Path:
     """A kernelspec named ``python3`` that starts the interpreter running this code."""
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "language": "python",
             "display_name": "Python 3"}
-    _write_atomic(out / ".jupyter" / "kernels" / "python3" / "kernel.json", json.dumps(spec, indent=1))
+    _write_file(out / ".jupyter" / "kernels" / "python3" / "kernel.json", json.dumps(spec, indent=1))
     return out / ".jupyter"
 
 
@@ -232,7 +230,7 @@ def _export_html(executed: Path, html: Path) -> str | None:
     from nbconvert import HTMLExporter
 
     try:
-        _write_atomic(html, HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))[0])
+        _write_file(html, HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))[0])
     except Exception as err:  # an export problem must not hide the notebook's own status
         logging.getLogger(__name__).warning("HTML export of %s failed: %s", executed.name, err)
         return f"{type(err).__name__}: {err}"
@@ -272,7 +270,8 @@ def _run_one(path: Path, out: Path, parameters: dict[str, Any], timeout: float, 
     from papermill.exceptions import PapermillExecutionError
 
     executed = out / "notebooks" / path.name
-    partial = executed.with_name(f".{path.stem}.partial.ipynb")  # renamed once complete
+    # papermill writes this file cell by cell (kept, with the error, when a cell fails); renamed once the run ends
+    partial = executed.with_name(f".{path.stem}.partial.ipynb")
     partial.parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"notebook": path.name, "path": str(path), "status": "ok", "error": None}
     start = time.monotonic()
@@ -357,7 +356,7 @@ def run_notebooks(
             bar.set_postfix_str(nb_path.name)
             summary["notebooks"].append(_run_one(nb_path, out, run_parameters, timeout, html))
             summary["totals"] = _totals(summary["notebooks"])
-            _write_atomic(out / "summary.json", json.dumps(summary, indent=2))  # progress is visible
+            _write_file(out / "summary.json", json.dumps(summary, indent=2))  # progress is visible
     return summary
 
 
@@ -426,7 +425,7 @@ def write_student_versions(paths: list[str | os.PathLike] | None, out_dir: str |
 
     notebooks = _existing_notebooks(paths)
     for path in notebooks:
-        _write_atomic(Path(out_dir) / path.name, nbformat.writes(make_student_version(nbformat.read(path, as_version=4))))
+        _write_file(Path(out_dir) / path.name, nbformat.writes(make_student_version(nbformat.read(path, as_version=4))))
     return [Path(out_dir) / p.name for p in notebooks]
 
 

@@ -32,7 +32,7 @@ from urllib.request import url2pathname
 from mstoolkit import __version__
 from mstoolkit.data.datasets import bids_paths, default_data_dir
 from mstoolkit.data.fetch import CHUNK_BYTES, DownloadError, download_file
-from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError, write_atomic
 
 __all__ = [
     "DATASETS",
@@ -46,7 +46,6 @@ __all__ = [
     "print_about",
     "write_about",
     "write_participants",
-    "write_text_atomic",
 ]
 
 #: Datasets the toolkit knows; each has ``data_download/NAME.json``.
@@ -146,36 +145,32 @@ def place_file(source: Path, target: Path, *, move: bool) -> None:
     if target.exists() and os.path.samefile(source, target):
         return  # already linked by an earlier run
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".part")
     if source.suffix == ".nii" and target.name.endswith(".nii.gz"):
-        with open(source, "rb") as src, gzip.open(temporary, "wb", compresslevel=6) as out:
-            shutil.copyfileobj(src, out, CHUNK_BYTES)
+        def gzipped(temporary: Path) -> None:
+            with open(source, "rb") as src, gzip.open(temporary, "wb", compresslevel=6) as out:
+                shutil.copyfileobj(src, out, CHUNK_BYTES)
+
+        write_atomic(target, gzipped)
     elif move:
         os.replace(source, target)
-        return
     else:
-        temporary.unlink(missing_ok=True)
-        try:
-            os.link(source, temporary)  # same bytes, no extra disk space
-        except OSError:
-            shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+        def linked(temporary: Path) -> None:
+            temporary.unlink()  # a link needs a free name
+            try:
+                os.link(source, temporary)  # same bytes, no extra disk space
+            except OSError:
+                shutil.copyfile(source, temporary)
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+        write_atomic(target, linked)
 
 
 def write_about(dest: Path, manifest: dict, note: str = "") -> None:
     """LICENSE.md and CITATION.md beside the data, and a BIDS dataset_description.json."""
     dest.mkdir(parents=True, exist_ok=True)
     source = manifest.get("homepage", "")
-    write_text_atomic(dest / "LICENSE.md", f"# Licence of {manifest['name']}\n\n{manifest['licence']}\n\nSource: {source}\n")
+    write_atomic(dest / "LICENSE.md", f"# Licence of {manifest['name']}\n\n{manifest['licence']}\n\nSource: {source}\n")
     cites = "\n".join(f"- {c}" for c in manifest["citation"])
-    write_text_atomic(dest / "CITATION.md", f"# Cite {manifest['name']}\n\nAny work using these data must cite:\n\n{cites}\n")
+    write_atomic(dest / "CITATION.md", f"# Cite {manifest['name']}\n\nAny work using these data must cite:\n\n{cites}\n")
     if note:
         description = {
             "Name": f"{manifest['name']} ({note})",
@@ -187,7 +182,7 @@ def write_about(dest: Path, manifest: dict, note: str = "") -> None:
             "GeneratedBy": [{"Name": "mstoolkit", "Version": __version__, "Description": note}],
             "SourceDatasets": [{"URL": source, "Version": manifest.get("commit", "")}],
         }
-        write_text_atomic(dest / "dataset_description.json", json.dumps(description, indent=2) + "\n")
+        write_atomic(dest / "dataset_description.json", json.dumps(description, indent=2) + "\n")
 
 
 def write_participants(dest: Path, rows: list[dict]) -> None:
@@ -196,7 +191,7 @@ def write_participants(dest: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(table, columns, delimiter="\t", restval="n/a", lineterminator="\n")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["participant_id"]))
-    write_text_atomic(dest / "participants.tsv", table.getvalue())
+    write_atomic(dest / "participants.tsv", table.getvalue())
 
 
 # --------------------------------------------------------------------------- open_ms_data

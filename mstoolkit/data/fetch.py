@@ -161,7 +161,7 @@ def download_file(
     if problem:
         part.unlink(missing_ok=True)
         raise DownloadError(f"{target.name}: checksum mismatch ({problem}); the download was deleted. Source: {url}")
-    os.replace(part, target)
+    os.replace(part, target)  # not data.io.write_atomic: TARGET.part has a fixed name so a later attempt resumes it
     return "downloaded"
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
+import secrets
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = [
     "check_binary_mask",
     "check_mask_shape",
     "bounding_box",
+    "write_atomic",
 ]
 
 #: The MRI sequence names used throughout the toolkit.
@@ -214,22 +215,54 @@ def bounding_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, ...] | No
 # --------------------------------------------------------------------------- saving
 
 
-def _atomic_save(img: nib.Nifti1Image, path: str | os.PathLike) -> Path:
-    """Write to a temporary file in the same folder, then rename: no half-written files."""
+def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[Path], object], *,
+                 encoding: str = "utf-8") -> Path:
+    """Write a file whole or not at all: into a temporary file in its folder, then renamed over it.
+
+    ``content`` is text, bytes, or a function that writes the file at the path it is given
+    (``lambda tmp: torch.save(state, tmp)``). The temporary file is ``.tmp-XXXXXXXX-NAME`` in the
+    same folder (so the rename is atomic, and writers that go by the ending, like nibabel's
+    ``.nii.gz``, see the same one), is created with the usual permissions (as ``open`` would) and
+    is removed when writing fails: a reader sees the old file or the new one, never half of one.
+    The folder must exist. Every file the toolkit writes goes through here.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_atomic(folder / "note.txt", "hello").read_text(), [p.name for p in folder.iterdir()]
+    ('hello', ['note.txt'])
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    if not path.name.endswith((".nii", ".nii.gz")):
-        raise MSToolkitInputError(f"'{path}' must end with .nii or .nii.gz.")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = path.with_name(f".tmp-{secrets.token_hex(4)}-{path.name}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # another writer's temporary file: draw another name
+            continue
     try:
-        nib.save(img, tmp)
+        if callable(content):
+            os.close(fd)
+            content(tmp)
+        elif isinstance(content, str):
+            with open(fd, "w", encoding=encoding) as handle:
+                handle.write(content)
+        else:
+            with open(fd, "wb") as handle:
+                handle.write(content)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> Path:
+    """Save a NIfTI image atomically (:func:`write_atomic`), creating its folder."""
+    path = Path(path)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise MSToolkitInputError(f"'{path}' must end with .nii or .nii.gz.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda tmp: nib.save(img, tmp))
 
 
 def save_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, *, dtype=np.float32) -> Path:
@@ -239,7 +272,7 @@ def save_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, *
         raise MSToolkitInputError(f"'array' must be 3D (x, y, z), got shape {array.shape}.")
     img = nib.Nifti1Image(array.astype(dtype), np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm")
-    return _atomic_save(img, path)
+    return _save_nifti(img, path)
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray, affine: np.ndarray) -> Path:
@@ -267,7 +300,7 @@ def save_like(path: str | os.PathLike, array: np.ndarray, reference: str | os.Pa
     img = nib.Nifti1Image(back.astype(dtype), ref.affine, header=ref.header.copy())
     img.set_data_dtype(dtype)
     img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
-    return _atomic_save(img, path)
+    return _save_nifti(img, path)
 
 
 # --------------------------------------------------------------------------- cases

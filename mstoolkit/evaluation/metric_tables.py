@@ -21,6 +21,7 @@ from mstoolkit.data.io import MSToolkitInputError, bounding_box
 from mstoolkit.evaluation.metrics import (
     check_metric_options,
     check_spacing,
+    dice_from_counts,
     evaluate,
     match_lesions,
     prepare_masks,
@@ -82,7 +83,7 @@ def lesion_table(
                 "matched": bool(hits[k]), "n_partners": int(partners.sum()),
                 "overlap_fraction": covered / float(sizes[k]),
                 "best_iou": float(iou[k].max(initial=0.0)),
-                "lesion_dice": 2 * covered / float(sizes[k] + other_sizes[partners].sum()),
+                "lesion_dice": dice_from_counts(covered, int(sizes[k]), int(other_sizes[partners].sum())),
             })
     columns = ["source", "lesion", "volume_mm3", "centroid_x", "centroid_y", "centroid_z", "matched",
                "n_partners", "overlap_fraction", "best_iou", "lesion_dice"]

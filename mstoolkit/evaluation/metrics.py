@@ -64,6 +64,7 @@ __all__ = [
     "HD_MODES",
     "ANIMA_MIN_LESION_MM3",
     "dice",
+    "dice_from_counts",
     "ndsc",
     "ndsc_from_counts",
     "surface_distances",
@@ -140,8 +141,22 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     pred, truth = as_mask(pred, "pred"), as_mask(truth, "truth")
     if pred.shape != truth.shape:
         raise MSToolkitInputError(f"'pred' has shape {pred.shape} but 'truth' has shape {truth.shape}.")
-    overlap = np.count_nonzero(pred & truth)
-    return _ratio(2 * overlap, np.count_nonzero(pred) + np.count_nonzero(truth))
+    return dice_from_counts(np.count_nonzero(pred & truth), np.count_nonzero(pred), np.count_nonzero(truth))
+
+
+def dice_from_counts(overlap: int, n_pred: int, n_truth: int) -> float:
+    """Dice from voxel counts: ``2·overlap / (n_pred + n_truth)``; nothing counted → 1.0.
+
+    The toolkit's one Dice formula: :func:`dice` counts two masks and calls it, :func:`evaluate`
+    calls it on the counts it has, and :func:`mstoolkit.evaluation.metric_tables.lesion_table`
+    on one lesion and its partners.
+
+    >>> dice_from_counts(4, 6, 6), dice_from_counts(0, 0, 0)
+    (0.6666666666666666, 1.0)
+
+    Introduced in notebook 04 (metrics).
+    """
+    return _ratio(2 * overlap, n_pred + n_truth)
 
 
 def ndsc_from_counts(tp: int, fp: int, fn: int, *, n_truth: int, n_voxels: int, r: float = 0.001) -> float:
@@ -444,7 +459,7 @@ def evaluate(
     tp = int(np.count_nonzero(pred & truth))
     fp, fn = n_pred - tp, n_truth - tp
     result: dict = {
-        "dice": _ratio(2 * tp, n_pred + n_truth),
+        "dice": dice_from_counts(tp, n_pred, n_truth),
         "ndsc": ndsc_from_counts(tp, fp, fn, n_truth=n_truth, n_voxels=n_voxels, r=0.001),
         "sensitivity": _ratio(tp, n_truth),
         "precision": _ratio(tp, n_pred),

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError, write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,16 +197,9 @@ def simulate_rater(
 # --------------------------------------------------------------------------- command line
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _write_out(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -247,7 +238,7 @@ def cli_evaluate(args: argparse.Namespace) -> int:
         text = json.dumps(_json_ready(result), indent=2) if args.json or (args.out or "").endswith(".json") else "\n".join(
             f"{k:>27}: {v:.4f}" if isinstance(v, float) else f"{k:>27}: {v}" for k, v in result.items())
         if args.out:
-            _atomic_write_text(Path(args.out), text + "\n")
+            _write_out(Path(args.out), text + "\n")
         print(text)
         return 0
     truths, preds = _nifti_files(Path(args.truth_dir)), _nifti_files(Path(args.pred_dir))
@@ -268,7 +259,7 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     table = evaluate_cohort({n: (preds[n], truths[n]) for n in truths}, brain_masks=brains, **_options(args))
     csv = table.to_csv(float_format="%.6g")
     if args.out:
-        _atomic_write_text(Path(args.out), csv)
+        _write_out(Path(args.out), csv)
         summary = summarize_cohort(table)
         print(summary[["mean ± sd", "n", "note"]].to_string())
         print(f"wrote {len(table)} rows to {args.out}")

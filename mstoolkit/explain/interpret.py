@@ -19,7 +19,9 @@ and how to show a map: :mod:`mstoolkit.explain.interpret_checks`.
 
 Volumes are processed in tiles (a core plus ``margin`` voxels of context) so a 1 mm brain fits in
 memory; a tile's core voxels come from that tile only, so the target and its gradients are exactly
-those of the tiled network. Maps are returned raw (not normalised);
+those of the tiled network. (Hence tiles of their own, not the Gaussian-blended windows of
+:func:`mstoolkit.segmentation.inference.sliding_window_logits`: blending mixes several windows in each
+voxel, so no one forward pass owns a voxel's gradient.) Maps are returned raw (not normalised);
 :func:`mstoolkit.explain.interpret_checks.normalize_for_display` is for pictures.
 
 Introduced in notebook 05 (Grad-CAM and interpretability).

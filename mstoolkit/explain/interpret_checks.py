@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from mstoolkit.data.io import MSToolkitInputError
 from mstoolkit.display.plots import LINE_COLOURS
+from mstoolkit.evaluation.metrics import dice
 from mstoolkit.explain.interpret import (
     ATTRIBUTION_METHODS,
     CONV_TYPES,
@@ -70,11 +71,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- per-sequence importance
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total  # both empty → 1
 
 
 def sequence_importance(
@@ -120,13 +116,13 @@ def sequence_importance(
     inside = np.abs(attribution[:, region]).sum(axis=1)
     shares = inside / max(float(inside.sum()), 1e-12)
     rows = []
-    baseline_dice = _dice(predicted, reference)
+    baseline_dice = dice(predicted, reference)
     for c, name in enumerate(sequences):
         ablated = x.clone()
         ablated[c] = 0.0
         without = np.zeros(shape, dtype=bool)
         without[box] = tiled_logits(model, ablated, box, patch_size, margin) > 0
-        dice_without = _dice(without, reference)
+        dice_without = dice(without, reference)
         rows.append({"sequence": name, "attribution_share": float(shares[c]), "dice": baseline_dice,
                      "dice_ablated": dice_without, "dice_drop": baseline_dice - dice_without})
     return pd.DataFrame(rows)

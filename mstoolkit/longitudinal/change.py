@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mstoolkit.data.io import MSToolkitInputError, check_same_grid, spacing_from_affine
+from mstoolkit.data.io import MSToolkitInputError, check_same_grid, spacing_from_affine, write_atomic
 
 __all__ = [
     "NEW", "ENLARGING", "SHRINKING", "CLASS_NAMES",
@@ -492,12 +492,6 @@ def score_in_common_space(change_mask: str | os.PathLike, patient_dir: str | os.
     return evaluate_change(pred, truth, spacing=spacing_from_affine(affine), min_lesion_mm3=min_lesion_mm3)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    partial = path.with_name(f".tmp-{path.name}")
-    partial.write_text(json.dumps(data, indent=2))
-    os.replace(partial, path)
-
-
 def longitudinal_files(
     baseline: str | os.PathLike,
     followup: str | os.PathLike,
@@ -591,7 +585,7 @@ def longitudinal_files(
     save_mask(out / "change_mask.nii.gz", (result.labels > 0).astype(np.uint8), follow_affine)
     save_image(out / "change_labels.nii.gz", result.labels, follow_affine, dtype=np.uint8)
     save_image(out / "baseline_registered.nii.gz", result.baseline_registered, follow_affine)
-    _write_json(out / "change_report.json", report)
+    write_atomic(out / "change_report.json", json.dumps(report, indent=2))
     return report
 
 

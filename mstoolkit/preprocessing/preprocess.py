@@ -13,7 +13,6 @@ Introduced in notebook 02 (preprocessing).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from mstoolkit.data.io import Case, MSToolkitInputError
+from mstoolkit.data.io import Case, MSToolkitInputError, write_atomic
 from mstoolkit.preprocessing.normalization import NORMALIZATIONS, normalize
 from mstoolkit.preprocessing.registration import (
     check_image,
@@ -408,9 +407,6 @@ def cli_preprocess(args) -> int:
         "steps": steps,
     }
     json_path = out.with_name(out.name.split(".nii")[0] + ".json")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=json_path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(tmp, json_path)
+    write_atomic(json_path, json.dumps(record, indent=2))
     print(f"wrote {out} and {json_path.name} ({', '.join(s['step'] for s in steps) or 'no steps'})")
     return 0

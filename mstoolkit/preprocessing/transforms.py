@@ -14,7 +14,14 @@ head, pad, draw patches centred on lesion or background voxels in the ratio
 ``pos_neg`` (lesions fill ~0.1–1 % of a brain: without this, most patches hold none),
 then augment the patches (cheaper than augmenting whole volumes).
 
-Introduced in notebook 02 (preprocessing and augmentation); notebook 03 trains with them.
+The augmentation of training patches is defined once, here: :func:`augmentation_pipeline`,
+at one of the levels of :data:`AUGMENT_LEVELS` (``"none"``, ``"light"``, ``"domain"``).
+:func:`train_transforms` ends with it, and the training loop
+(:mod:`mstoolkit.segmentation.train`: notebook 03, ``mstoolkit train``) augments its patches
+with it. The single augmentations of :func:`augmentation` are for looking at one effect at
+a time (:func:`augmentation_grid`) and for building pipelines of your own.
+
+Introduced in notebook 02 (preprocessing and augmentation).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from mstoolkit.data.io import Case, MSToolkitInputError
 __all__ = [
     "AUGMENTATIONS",
     "AUGMENT_LEVELS",
+    "check_augmentation",
+    "augmentation_pipeline",
     "augmentation",
     "RandElasticd",
     "RandLesionContrastd",
@@ -46,12 +55,13 @@ AUGMENTATIONS = (
     "flip", "affine", "elastic", "gamma", "noise", "bias_field", "low_resolution", "histogram_shift",
     "brain_contrast", "lesion_contrast",
 )
-#: Augmentation levels of :func:`train_transforms`: which augmentations run, with what probability.
+#: The augmentation levels of :func:`augmentation_pipeline`: the ``augment`` of :func:`train_transforms`
+#: and of :class:`~mstoolkit.segmentation.config.TrainConfig` (and so of the presets of ``mstoolkit train``).
 AUGMENT_LEVELS = {
-    "none": {},
-    "standard": {"flip": 0.5, "affine": 0.2, "gamma": 0.3, "noise": 0.15, "bias_field": 0.2},
-    "strong": {"flip": 0.5, "affine": 0.3, "elastic": 0.2, "gamma": 0.3, "noise": 0.2, "bias_field": 0.3,
-               "low_resolution": 0.25, "histogram_shift": 0.2},
+    "none": "no augmentation",
+    "light": "left-right flips",
+    "domain": "flips, rotation and scaling, and what scanners change: resolution, blur, bias field, contrast, "
+              "intensity scale and offset, noise",
 }
 _LABEL = "label"
 
@@ -258,6 +268,66 @@ def augmentation(name: str, keys: Sequence[str], *, label_key: str | None = _LAB
     return mt.Compose([per_sequence[name](k) for k in keys])
 
 
+def check_augmentation(level: str, lesion_contrast: float = 0.0) -> None:
+    """Raise a clear error for an unknown level or a ``lesion_contrast`` that is not a probability.
+
+    >>> check_augmentation("heavy")
+    Traceback (most recent call last):
+    ...
+    mstoolkit.data.io.MSToolkitInputError: 'augment' must be 'none', 'light' or 'domain', got 'heavy'.
+    """
+    if level not in AUGMENT_LEVELS:
+        *first, last = (repr(name) for name in AUGMENT_LEVELS)
+        raise MSToolkitInputError(f"'augment' must be {', '.join(first)} or {last}, got {level!r}.")
+    if not 0.0 <= lesion_contrast <= 1.0 or (lesion_contrast and level == "none"):
+        raise MSToolkitInputError(f"'lesion_contrast' must be a probability in [0, 1] (with augment other than 'none'), "
+                                  f"got {lesion_contrast!r} with augment={level!r}.")
+
+
+def augmentation_pipeline(level: str, patch_size: Sequence[int], *, lesion_contrast: float = 0.0):
+    """The augmentation of training patches: MONAI transforms on ``"image"`` (C, x, y, z) and ``"label"``.
+
+    Parameters
+    ----------
+    level : a key of :data:`AUGMENT_LEVELS`
+        ``"none"``: returns None. ``"light"``: left-right flips (p 0.5; the brain is nearly
+        symmetric). ``"domain"``: flips, then what differs between scanners and subjects:
+        rotation and scaling (p 0.3), low resolution (p 0.25), blur (p 0.2), bias field
+        (p 0.4), gamma (p 0.5; one curve for all channels), intensity scale and shift per
+        channel (p 0.5 each), Gaussian noise (p 0.4).
+    patch_size : (x, y, z) of the patches (the rotated patch keeps this size)
+    lesion_contrast : with this probability each lesion's contrast to its surroundings is
+        scaled (:class:`RandLesionContrastd`), right after the flip, before any scanner effect
+
+    The one definition of the training loop's augmentation (:mod:`mstoolkit.segmentation.train`
+    seeds it per patch) and of the augmentation step of :func:`train_transforms`. Introduced in notebook 02.
+
+    >>> [type(t).__name__ for t in augmentation_pipeline("light", (32, 32, 32)).transforms]
+    ['RandFlipd']
+    """
+    from monai import transforms as T
+
+    check_augmentation(level, lesion_contrast)
+    if level == "none":
+        return None
+    steps: list = [T.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0)]  # left-right symmetry
+    if lesion_contrast > 0:
+        steps.append(RandLesionContrastd(keys=["image"], label_key="label", prob=lesion_contrast))
+    if level == "domain":
+        steps += [
+            T.RandAffined(keys=["image", "label"], prob=0.3, rotate_range=(0.2, 0.2, 0.2), scale_range=(0.15, 0.15, 0.15),
+                          mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=tuple(patch_size)),
+            T.RandSimulateLowResolutiond(keys=["image"], prob=0.25, zoom_range=(0.4, 0.9)),
+            T.RandGaussianSmoothd(keys=["image"], prob=0.2, sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0), sigma_z=(0.0, 1.5)),
+            T.RandBiasFieldd(keys=["image"], prob=0.4, coeff_range=(0.0, 0.3)),
+            T.RandAdjustContrastd(keys=["image"], prob=0.5, gamma=(0.6, 1.6)),
+            T.RandScaleIntensityd(keys=["image"], prob=0.5, factors=0.25, channel_wise=True),
+            T.RandShiftIntensityd(keys=["image"], prob=0.5, offsets=0.3, channel_wise=True),
+            T.RandGaussianNoised(keys=["image"], prob=0.4, std=0.15),
+        ]
+    return T.Compose(steps)
+
+
 def _start(sequences: list[str], *, from_files: bool, spacing: Sequence[float] | None, with_label: bool) -> list:
     """Load (or wrap arrays), orient, resample and normalise: shared by training and validation."""
     import monai.transforms as mt
@@ -283,10 +353,11 @@ def _start(sequences: list[str], *, from_files: bool, spacing: Sequence[float] |
     return steps
 
 
-def _finish(sequences: list[str], with_label: bool) -> list:
+def _finish(sequences: list[str], with_label: bool, augment=None) -> list:
+    """Stack the sequences into ``"image"`` (in order), augment (training), and make float32 tensors."""
     import monai.transforms as mt
 
-    steps = [mt.ConcatItemsd(sequences, "image"), mt.DeleteItemsd(sequences)]
+    steps = [mt.ConcatItemsd(sequences, "image"), mt.DeleteItemsd(sequences)] + ([augment] if augment is not None else [])
     return steps + [mt.EnsureTyped(["image"] + ([_LABEL] if with_label else []), dtype="float32", track_meta=False)]
 
 
@@ -296,7 +367,8 @@ def train_transforms(
     patch_size: Sequence[int] = (96, 96, 96),
     pos_neg: tuple[float, float] = (1.0, 1.0),
     num_samples: int = 2,
-    augment: str = "standard",
+    augment: str = "light",
+    lesion_contrast: float = 0.0,
     from_files: bool = False,
     spacing: Sequence[float] | None = None,
     seed: int | None = None,
@@ -310,18 +382,23 @@ def train_transforms(
     pos_neg : relative frequency of patches centred on a lesion voxel vs a background voxel
         (``RandCropByPosNegLabeld``); ``(1, 1)`` gives half lesion-centred patches
     num_samples : patches drawn per volume (the pipeline returns a list of that many dicts)
-    augment : a key of :data:`AUGMENT_LEVELS`: ``"none"``, ``"standard"`` or ``"strong"``
+    augment : a key of :data:`AUGMENT_LEVELS`: ``"none"``, ``"light"`` or ``"domain"``; the patches
+        are augmented by :func:`augmentation_pipeline`, the augmentation the training loop uses
+    lesion_contrast : probability of scaling each lesion's contrast (see :func:`augmentation_pipeline`)
     from_files : input dicts hold NIfTI paths instead of arrays
     spacing : resample to this voxel size (mm), files only
     seed : seed of every random transform (None: MONAI's default state)
 
-    Introduced in notebook 02; used by :mod:`mstoolkit.segmentation.train` (notebook 03).
+    A whole pipeline in MONAI's style, for data of your own or a MONAI ``Dataset``. The
+    training loop of :mod:`mstoolkit.segmentation.train` (notebook 03, ``mstoolkit train``)
+    does not run it: it normalises each case once and keeps it in memory
+    (:func:`mstoolkit.segmentation.training_data.cache_cases`), draws its patches itself,
+    and augments them with the same :func:`augmentation_pipeline`. Introduced in notebook 02.
     """
     import monai.transforms as mt
 
     sequences = _check_sequences(sequences)
-    if augment not in AUGMENT_LEVELS:
-        raise MSToolkitInputError(f"'augment' must be one of {', '.join(AUGMENT_LEVELS)}, got {augment!r}.")
+    check_augmentation(augment, lesion_contrast)
     patch = tuple(int(p) for p in patch_size)
     if len(patch) != 3 or min(patch) < 1:
         raise MSToolkitInputError(f"'patch_size' must be 3 positive integers, got {tuple(patch_size)}.")
@@ -336,8 +413,8 @@ def train_transforms(
         mt.RandCropByPosNegLabeld(keys, label_key=_LABEL, spatial_size=patch, pos=pos_neg[0], neg=pos_neg[1],
                                   num_samples=int(num_samples), allow_smaller=True),
     ]
-    steps += [augmentation(name, sequences, prob=p) for name, p in AUGMENT_LEVELS[augment].items()]
-    pipeline = mt.Compose(steps + _finish(sequences, with_label=True))
+    augment_patches = augmentation_pipeline(augment, patch, lesion_contrast=lesion_contrast)
+    pipeline = mt.Compose(steps + _finish(sequences, with_label=True, augment=augment_patches))
     if seed is not None:
         pipeline.set_random_state(seed=int(seed))
     return pipeline

@@ -39,7 +39,7 @@ class TrainConfig:
     iterations_per_epoch: int = 40
     learning_rate: float = 3e-3
     weight_decay: float = 1e-5
-    augment: str = "light"  # "none", "light" (flips) or "domain" (contrast, bias, noise, blur, resolution)
+    augment: str = "light"  # a level of preprocessing.transforms.AUGMENT_LEVELS: "none", "light" (flips) or "domain"
     validate_every: int = 1
     patience: int | None = None  # stop after this many validations without improvement
     lesion_contrast: float = 0.0  # probability of scaling each lesion's contrast in a patch (phantom lesions are too alike)
@@ -56,15 +56,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSS_NAMES:
             raise MSToolkitInputError(f"Unknown loss {self.loss!r}; allowed: {', '.join(LOSS_NAMES)}.")
-        if self.augment not in ("none", "light", "domain"):
-            raise MSToolkitInputError(f"'augment' must be 'none', 'light' or 'domain', got {self.augment!r}.")
+        from mstoolkit.preprocessing.transforms import check_augmentation  # monai: only when a run is set up
+
+        check_augmentation(self.augment, self.lesion_contrast)  # the levels of the one augmentation pipeline
         if len(self.patch_size) != 3 or min(self.patch_size) < 4:
             raise MSToolkitInputError(f"'patch_size' must be 3 integers >= 4, got {self.patch_size!r}.")
         if not 0.0 <= self.positive_fraction <= 1.0:
             raise MSToolkitInputError(f"'positive_fraction' must be in [0, 1], got {self.positive_fraction!r}.")
-        if not 0.0 <= self.lesion_contrast <= 1.0 or (self.lesion_contrast and self.augment == "none"):
-            raise MSToolkitInputError(f"'lesion_contrast' must be a probability in [0, 1] (with augment other than 'none'), "
-                                      f"got {self.lesion_contrast!r} with augment={self.augment!r}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise MSToolkitInputError(f"'ema_decay' must be between 0 and 1 (e.g. 0.995) or None, got {self.ema_decay!r}.")
         self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mstoolkit.data.io import Case, MSToolkitInputError, bounding_box, spacing_from_affine
+from mstoolkit.data.io import Case, MSToolkitInputError, bounding_box, spacing_from_affine, write_atomic
 from mstoolkit.runtime import pick_device, release_memory
 
-__all__ = ["brain_region", "prepare_inputs", "check_model_inputs", "predict", "remove_small_lesions", "lesion_report", "segment_files", "cli_segment"]
+__all__ = ["brain_region", "prepare_inputs", "check_model_inputs", "sliding_window_logits", "predict", "remove_small_lesions",
+           "lesion_report", "segment_files", "cli_segment"]
 
 
 def brain_region(case: Case) -> np.ndarray:
@@ -69,11 +70,23 @@ def prepare_inputs(case: Case, sequences: Sequence[str] = ("FLAIR", "T1")) -> np
     return np.stack([normalize_zscore(channel, mask=region) for channel in stacked])
 
 
-def _sliding_window(model: nn.Module, inputs: torch.Tensor, roi_size: Sequence[int], overlap: float) -> torch.Tensor:
+def sliding_window_logits(model: nn.Module, inputs: torch.Tensor, roi_size: Sequence[int], overlap: float, *,
+                          sw_batch_size: int = 2, fit_to_volume: bool = True) -> torch.Tensor:
+    """The network's output on a whole ``(1, channels, x, y, z)`` volume, window by window, Gaussian-blended.
+
+    The toolkit's one sliding-window inference (``monai.inferers.sliding_window_inference``):
+    :func:`predict`, validation during training (:mod:`mstoolkit.segmentation.validation`) and
+    :mod:`mstoolkit.uncertainty.sampling` call it. ``sw_batch_size`` windows go through the network
+    at once. With ``fit_to_volume`` a window larger than the volume shrinks to it (a small volume
+    is never padded up to the window); without, the window keeps its size. Returns the logits
+    ``(1, out_channels, x, y, z)``; the caller chooses ``torch.no_grad`` and autocast.
+    """
     from monai.inferers import sliding_window_inference
 
-    window = tuple(min(int(r), n) for r, n in zip(roi_size, inputs.shape[2:]))  # never pad a small volume up to the window
-    return sliding_window_inference(inputs, window, 2, model, overlap=overlap, mode="gaussian")
+    window = tuple(int(r) for r in roi_size)
+    if fit_to_volume:
+        window = tuple(min(r, n) for r, n in zip(window, inputs.shape[2:]))
+    return sliding_window_inference(inputs, window, sw_batch_size, model, overlap=overlap, mode="gaussian")
 
 
 def check_model_inputs(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -156,7 +169,7 @@ def predict(
     with torch.no_grad():
         for axes in flips:
             flipped = torch.flip(cropped, axes) if axes else cropped
-            logits = _sliding_window(model, flipped, roi_size, overlap)
+            logits = sliding_window_logits(model, flipped, roi_size, overlap)
             logits = torch.flip(logits, axes) if axes else logits
             total += torch.sigmoid(logits[0, 0].float()).cpu()
     probability = np.zeros(case.shape, dtype=np.float32)
@@ -173,18 +186,19 @@ def predict(
 def remove_small_lesions(mask: np.ndarray, *, spacing: Sequence[float], min_volume_mm3: float, connectivity: int = 26) -> np.ndarray:
     """Drop connected components smaller than ``min_volume_mm3`` (uint8 result).
 
+    Components are those of :func:`mstoolkit.evaluation.metrics.label_lesions`, which also drops
+    them: predictions and scores remove small lesions alike.
+
     >>> m = np.zeros((5, 5, 5), np.uint8); m[0, 0, 0] = 1; m[2:5, 2:5, 2:5] = 1
     >>> int(remove_small_lesions(m, spacing=(1, 1, 1), min_volume_mm3=2).sum())
     27
     """
-    import cc3d
+    from mstoolkit.evaluation.metrics import label_lesions
 
-    voxel_mm3 = float(np.prod(spacing))
-    labels = cc3d.connected_components(np.asarray(mask, dtype=np.uint8), connectivity=connectivity)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes * voxel_mm3 >= min_volume_mm3
-    keep[0] = False
-    return keep[labels].astype(np.uint8)
+    # the toolkit's one component-size filter: the metrics' (a component at the limit, to 1e-9 mm³, is kept)
+    labels, _ = label_lesions(np.asarray(mask, dtype=np.uint8) != 0, spacing=spacing, connectivity=connectivity,
+                              min_lesion_mm3=min_volume_mm3)
+    return (labels > 0).astype(np.uint8)
 
 
 def lesion_report(probability: np.ndarray, mask: np.ndarray, affine: np.ndarray, *, connectivity: int = 26) -> dict[str, Any]:
@@ -208,12 +222,6 @@ def lesion_report(probability: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     rows.sort(key=lambda row: -row["volume_mm3"])
     lesions = [{"id": i, **row} for i, row in enumerate(rows, 1)]
     return {"lesion_count": len(lesions), "total_volume_ml": round(float(mask.sum()) * voxel_mm3 / 1000.0, 4), "lesions": lesions}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def segment_files(
@@ -280,7 +288,7 @@ def segment_files(
                      "skull_strip": skull_strip, "register": register},
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _write_json(out_dir / "report.json", report)
+    write_atomic(out_dir / "report.json", json.dumps(report, indent=2))
     return report
 
 

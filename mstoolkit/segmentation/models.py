@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError, write_atomic
 from mstoolkit.runtime import pick_device, release_memory
 
 __all__ = [
@@ -282,10 +282,8 @@ def save_model(path: str | os.PathLike, model: nn.Module, config: dict[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     module = model.module if hasattr(model, "module") else model
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.save({"model": state, "config": json.loads(json.dumps(config))}, tmp)
-    os.replace(tmp, path)
-    return path
+    checkpoint = {"model": state, "config": json.loads(json.dumps(config))}
+    return write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def _build_from_config(config: dict[str, Any]) -> nn.Module:
@@ -386,7 +384,6 @@ def export_reference(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {**state["config"], "weights": "model.pt", "version": __version__, **(extra or {})}
-    torch.save(state["model"], out_dir / ".tmp-model.pt")
-    os.replace(out_dir / ".tmp-model.pt", out_dir / "model.pt")
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    write_atomic(out_dir / "model.pt", lambda tmp: torch.save(state["model"], tmp))
+    write_atomic(out_dir / "config.json", json.dumps(config, indent=2, default=str))
     return out_dir

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mstoolkit.data.io import Case, MSToolkitInputError
+from mstoolkit.data.io import Case, MSToolkitInputError, write_atomic
 from mstoolkit.display.plots import plot_history
 from mstoolkit.runtime import pick_device, release_memory
 from mstoolkit.segmentation.config import LOSS_NAMES, PRESETS, REFERENCE_TITLE, TrainConfig
@@ -40,7 +40,6 @@ from mstoolkit.segmentation.models import build_model, export_reference, save_mo
 from mstoolkit.segmentation.training_data import (
     cache_cases,
     load_training_cases,
-    make_augmenter,
     make_patch_sampler,
     reference_phantom_cases,
     sample_batch,
@@ -159,6 +158,8 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    from mstoolkit.preprocessing.transforms import augmentation_pipeline
+
     if not train_cases:
         raise MSToolkitInputError("'train_cases' is empty; pass at least one Case with a lesion mask.")
     rank, world = _distributed()
@@ -207,7 +208,7 @@ def train(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     crop = make_patch_sampler(config)
-    augment = make_augmenter(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
+    augment = augmentation_pipeline(config.augment, config.patch_size, lesion_contrast=config.lesion_contrast)
     steps = max(1, -(-config.iterations_per_epoch // world))  # each process does its share
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
@@ -320,13 +321,10 @@ def _save_checkpoints(out_dir: Path, model, averaged, optimizer, scheduler, scal
     }
     if averaged is not None:
         state["averaged"] = averaged.state_dict()
-    tmp = out_dir / ".tmp-last.pt"
-    torch.save(state, tmp)
-    os.replace(tmp, out_dir / "last.pt")
+    write_atomic(out_dir / "last.pt", lambda tmp: torch.save(state, tmp))
     if is_best:
         save_model(out_dir / "best.pt", averaged.module if averaged is not None else model, model_config)
-    (out_dir / ".tmp-history.json").write_text(json.dumps(history, indent=1))
-    os.replace(out_dir / ".tmp-history.json", out_dir / "history.json")
+    write_atomic(out_dir / "history.json", json.dumps(history, indent=1))
 
 
 def train_ensemble(config: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case] = (), *, members: int = 3) -> list[tuple[nn.Module, dict]]:

@@ -2,9 +2,11 @@
 
 Training draws thousands of patches from a few volumes, so each case is
 normalised once, cropped to the brain and kept in memory (:func:`cache_cases`);
-each step then samples patches centred on lesion or on healthy brain and
-augments them with MONAI transforms (``"light"``: flips; ``"domain"``: what
-scanners change — contrast, bias field, noise, blur, resolution). The splits say
+each step then samples patches centred on lesion or on healthy brain
+(:func:`make_patch_sampler`, :func:`sample_batch`), and the loop augments them with the one
+augmentation pipeline of the preprocessing room
+(:func:`mstoolkit.preprocessing.transforms.augmentation_pipeline`: ``"light"``, flips;
+``"domain"``, what scanners change — contrast, bias field, noise, blur, resolution). The splits say
 which cases train and which validate, and :func:`reference_phantom_cases` builds
 the reference model's phantom data.
 
@@ -57,36 +59,6 @@ def cache_cases(cases: Sequence[Case], sequences: Sequence[str], *, min_size: Se
             "spacing": case.spacing,
         })
     return cached
-
-
-def make_augmenter(kind: str, patch_size: Sequence[int], *, lesion_contrast: float = 0.0) -> Callable | None:
-    """MONAI transforms applied to each patch; ``"domain"`` randomises what scanners change.
-
-    ``lesion_contrast`` > 0: with that probability each lesion's contrast to its surroundings
-    is scaled (:class:`mstoolkit.preprocessing.transforms.RandLesionContrastd`), before any scanner effect.
-    """
-    from monai import transforms as T
-
-    from mstoolkit.preprocessing.transforms import RandLesionContrastd
-
-    if kind == "none":
-        return None
-    steps: list = [T.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0)]  # left-right symmetry
-    if lesion_contrast > 0:
-        steps.append(RandLesionContrastd(keys=["image"], label_key="label", prob=lesion_contrast))
-    if kind == "domain":
-        steps += [
-            T.RandAffined(keys=["image", "label"], prob=0.3, rotate_range=(0.2, 0.2, 0.2), scale_range=(0.15, 0.15, 0.15),
-                          mode=("bilinear", "nearest"), padding_mode="zeros", spatial_size=tuple(patch_size)),
-            T.RandSimulateLowResolutiond(keys=["image"], prob=0.25, zoom_range=(0.4, 0.9)),
-            T.RandGaussianSmoothd(keys=["image"], prob=0.2, sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0), sigma_z=(0.0, 1.5)),
-            T.RandBiasFieldd(keys=["image"], prob=0.4, coeff_range=(0.0, 0.3)),
-            T.RandAdjustContrastd(keys=["image"], prob=0.5, gamma=(0.6, 1.6)),
-            T.RandScaleIntensityd(keys=["image"], prob=0.5, factors=0.25, channel_wise=True),
-            T.RandShiftIntensityd(keys=["image"], prob=0.5, offsets=0.3, channel_wise=True),
-            T.RandGaussianNoised(keys=["image"], prob=0.4, std=0.15),
-        ]
-    return T.Compose(steps)
 
 
 def make_patch_sampler(config: TrainConfig) -> Callable:

@@ -25,7 +25,7 @@ __all__ = ["MIN_LESION_CANDIDATES_MM3"]
 
 def _validation_probabilities(model: nn.Module, cached: list[dict], config: TrainConfig, device: torch.device, amp: tuple) -> list[np.ndarray]:
     """Lesion probability of each validation volume (sliding-window inference)."""
-    from monai.inferers import sliding_window_inference
+    from mstoolkit.segmentation.inference import sliding_window_logits
 
     model.eval()
     release_memory()  # the training steps' freed buffers: whole-volume inference needs the room (2 GB on Binder)
@@ -34,19 +34,16 @@ def _validation_probabilities(model: nn.Module, cached: list[dict], config: Trai
     with torch.no_grad(), torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
         for item in cached:
             image = torch.as_tensor(item["image"])[None].to(device)
-            window = tuple(min(r, n) for r, n in zip(roi, image.shape[2:]))  # never pad a small volume up to the window
-            logits = sliding_window_inference(image, window, 1, model, overlap=config.sw_overlap, mode="gaussian")
+            logits = sliding_window_logits(model, image, roi, config.sw_overlap, sw_batch_size=1)
             probabilities.append(torch.sigmoid(logits[0, 0].float()).cpu().numpy())
     model.train()
     return probabilities
 
 
 def _mean_dice(probabilities: list[np.ndarray], cached: list[dict], threshold: float) -> float:
-    scores = []
-    for probability, item in zip(probabilities, cached):
-        pred, truth = probability >= threshold, item["label"][0].astype(bool)
-        total = pred.sum() + truth.sum()
-        scores.append(1.0 if total == 0 else 2.0 * np.logical_and(pred, truth).sum() / total)
+    from mstoolkit.evaluation.metrics import dice
+
+    scores = [dice(probability >= threshold, item["label"][0].astype(bool)) for probability, item in zip(probabilities, cached)]
     return float(np.mean(scores)) if scores else float("nan")
 
 

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from mstoolkit.data.io import MSToolkitInputError, bounding_box, check_mask_shape
 from mstoolkit.display.plots import LINE_COLOURS
 from mstoolkit.evaluation.metrics import ndsc_from_counts
-from mstoolkit.segmentation.inference import check_model_inputs
+from mstoolkit.segmentation.inference import check_model_inputs, sliding_window_logits
 
 __all__ = ["SAMPLING_METHODS", "UNCERTAINTY_MEASURES", "mc_dropout", "sample_predictions",
            "uncertainty_maps", "lesion_uncertainty", "retention_curve", "lesion_retention_curve", "plot_retention"]
@@ -105,11 +105,10 @@ def _windows(shape: Sequence[int], max_voxels: int = 1_200_000, context: int = 3
 
 def _logits(model: nn.Module, x: torch.Tensor, roi_size: Sequence[int] | None, overlap: float) -> torch.Tensor:
     """Lesion logits (x, y, z) of one (1, channels, x, y, z) input by Gaussian-blended sliding windows."""
-    from monai.inferers import sliding_window_inference
-
     if roi_size is None:
         roi_size, overlap = _windows(x.shape[2:])
-    out = sliding_window_inference(x, tuple(roi_size), 1, model, overlap=overlap, mode="gaussian")
+    # windows keep their size: _windows makes them >= 96 voxels on purpose (see there)
+    out = sliding_window_logits(model, x, roi_size, overlap, sw_batch_size=1, fit_to_volume=False)
     return out[0, 0] if out.shape[1] == 1 else out[0, 1] - out[0, 0]
 
 
