@@ -348,13 +348,8 @@ def randomization_test(
 
     from mstoolkit.segmentation.models import model_in_channels
 
-    _check_method(method)
-    x = check_model_inputs(inputs)
-    shape = tuple(x.shape[1:])
-    region = _fixed_target(model, x, target, roi_mask, options)
-    layer_name = find_layer(model, layer)[0] if method in LAYER_METHODS else None
-    explain = _explainer(method, x, region, roi_mask, layer_name, options)
-    voxels = _compared_voxels(shape, roi_mask, region, within, max_voxels, seed)
+    x, explain, voxels = _randomisation_setup(model, inputs, method, target, layer, roi_mask, within, max_voxels, seed,
+                                              options)
 
     def flat(found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values = found.reshape(-1)[voxels]
@@ -373,6 +368,17 @@ def randomization_test(
             rows.append({"step": step, "randomised_to": name, "spearman": _spearman(original[0], now[0]),
                          "spearman_abs": _spearman(original[1], now[1])})
     return pd.DataFrame(rows)
+
+
+def _randomisation_setup(model: nn.Module, inputs: Any, method: str, target: Any, layer: Any, roi_mask: Any,
+                         within: Any, max_voxels: int, seed: int, options: dict) -> tuple[torch.Tensor, Any, np.ndarray]:
+    """What both randomisation tests share: the inputs, the map of one fixed target, and the voxels compared."""
+    _check_method(method)
+    x = check_model_inputs(inputs)
+    region = _fixed_target(model, x, target, roi_mask, options)
+    layer_name = find_layer(model, layer)[0] if method in LAYER_METHODS else None
+    explain = _explainer(method, x, region, roi_mask, layer_name, options)
+    return x, explain, _compared_voxels(tuple(x.shape[1:]), roi_mask, region, within, max_voxels, seed)
 
 
 def _fixed_target(model: nn.Module, x: torch.Tensor, target: Any, roi_mask: Any, options: dict) -> np.ndarray:
@@ -438,14 +444,9 @@ def data_randomization_test(
 
     Introduced in notebook 05.
     """
-    _check_method(method)
-    x = check_model_inputs(inputs)
-    shape = tuple(x.shape[1:])
-    region = _fixed_target(model, x, target, roi_mask, options)
-    layer_name = find_layer(model, layer)[0] if method in LAYER_METHODS else None
-    explain = _explainer(method, x, region, roi_mask, layer_name, options)
-    voxels = _compared_voxels(shape, roi_mask, region, within, max_voxels, seed)
-    shuffled, loss = _train_on_shuffled_labels(model, x, check_region(labels, shape, "labels"), roi_mask,
+    x, explain, voxels = _randomisation_setup(model, inputs, method, target, layer, roi_mask, within, max_voxels, seed,
+                                              options)
+    shuffled, loss = _train_on_shuffled_labels(model, x, check_region(labels, tuple(x.shape[1:]), "labels"), roi_mask,
                                                steps=train_steps, patch=patch, learning_rate=learning_rate, seed=seed)
     original, now = explain(model).reshape(-1)[voxels], explain(shuffled).reshape(-1)[voxels]
     return {"spearman": _spearman(original, now), "spearman_abs": _spearman(np.abs(original), np.abs(now)),
