@@ -155,6 +155,14 @@ def test_folder_with_two_series_and_other_files_groups_correctly(tmp_path):
     assert "PHANTOM" not in repr(found)
 
 
+def test_two_series_written_into_one_folder_stay_apart(tmp_path):
+    first = write_dicom_series(volume(1), las_affine(), tmp_path, description="AX FLAIR", series_number=1)
+    second = write_dicom_series(volume(2), las_affine(), tmp_path, description="AX T2", series_number=2)
+    assert not set(first) & set(second)
+    found = find_series(tmp_path)
+    assert [(s.description, s.n_images) for s in found.series] == [("AX FLAIR", SHAPE[2]), ("AX T2", SHAPE[2])]
+
+
 # --------------------------------------------------------------------------- refusals
 
 

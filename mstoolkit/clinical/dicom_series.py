@@ -30,6 +30,13 @@ from typing import Sequence
 
 import nibabel as nib
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
 
 from mstoolkit.data.io import MSToolkitInputError
 
@@ -56,7 +63,7 @@ def _text(ds, keyword: str) -> str:
     value = ds.get(keyword, "")
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
 
@@ -146,9 +153,6 @@ def find_series(folder: str | os.PathLike) -> DicomFolder:
     Files that are not DICOM are skipped and counted. Series come sorted by study,
     then series number.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise MSToolkitInputError(f"'{folder}' is not a folder; pass the folder of a DICOM export or CD.")
@@ -184,8 +188,6 @@ def _check_image(ds, series: DicomSeries) -> None:
         )
     missing = [k for k in ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient") if k not in ds]
     if missing or "PixelData" not in ds:
-        from pydicom.uid import UID
-
         kind = UID(sop_class).name if sop_class else "an object without a SOP class"
         raise MSToolkitInputError(
             f"{series.label} holds a non-image object ({kind}, without {', '.join(missing) or 'PixelData'}). "
@@ -193,8 +195,6 @@ def _check_image(ds, series: DicomSeries) -> None:
         )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is not None and syntax.is_compressed:
-        from pydicom.pixels import get_decoder
-
         try:
             available = get_decoder(syntax).is_available
         except NotImplementedError:
@@ -218,8 +218,6 @@ def load_series(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
     image : numpy.ndarray, float32, shape (x, y, z), RAS+ as :func:`mstoolkit.data.io.load_image`
     affine : numpy.ndarray, float64, shape (4, 4), voxel → RAS world millimetres
     """
-    import pydicom
-
     datasets = [pydicom.dcmread(path) for path in series.files]
     for ds in datasets:
         _check_image(ds, series)
@@ -258,7 +256,9 @@ def load_series(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
     if n > 1:
         step = (positions[-1] - positions[0]) / (n - 1)
         expected = positions[0] + np.arange(n)[:, None] * step
-        if np.abs(positions - expected).max() > POSITION_TOLERANCE_MM:
+        # A missing slice moves its neighbours off the line by about half a gap or more.
+        tolerance = max(POSITION_TOLERANCE_MM, 0.1 * float(np.linalg.norm(step)))
+        if np.abs(positions - expected).max() > tolerance:
             raise MSToolkitInputError(
                 f"{series.label} has uneven slice gaps ({gaps.min():.2f} to {gaps.max():.2f} mm): "
                 "slices are missing. Export the complete series again."
@@ -288,8 +288,6 @@ def load_series(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
 
 def _decimal(value: float) -> str:
     """``value`` as a DICOM decimal string (16 characters at most)."""
-    from pydicom.valuerep import format_number_as_ds
-
     return format_number_as_ds(float(value))
 
 
@@ -322,10 +320,6 @@ def write_dicom_series(
 
     Returns the paths written, in slice order.
     """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 3:
         raise MSToolkitInputError(f"image has shape {image.shape}; expected a 3D volume (x, y, z).")
@@ -354,7 +348,9 @@ def write_dicom_series(
     instance_numbers = rng.permutation(n_slices) + 1
     names: set[str] = set()
     while len(names) < n_slices:
-        names.add(f"{int(rng.integers(16**8)):08X}")
+        name = f"{int(rng.integers(16**8)):08X}"
+        if not (out_dir / name).exists():  # several series may share one folder
+            names.add(name)
     file_names = sorted(names, key=lambda _: rng.random())
 
     study_uid = study_uid or generate_uid()
