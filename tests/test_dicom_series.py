@@ -155,12 +155,32 @@ def test_folder_with_two_series_and_other_files_groups_correctly(tmp_path):
     assert "PHANTOM" not in repr(found)
 
 
+def test_files_without_preamble_and_file_meta_are_read(tmp_path):
+    # As on old CDs: the bare data set, implicit VR little endian, no "DICM" marker.
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    nifti, out, paths = nifti_to_dicom(tmp_path, las_affine())
+    for path in paths[::2]:
+        bare = pydicom.Dataset(pydicom.dcmread(path))
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, True
+        write_dataset(buffer, bare)
+        path.write_bytes(buffer.getvalue())
+    (out / "NOTES").write_text("Viewer: run the program on this CD.\n")
+    found = find_series(out)
+    assert found.n_skipped == 1 and found.series[0].n_images == SHAPE[2]
+    image, _ = load_series(found.series[0])
+    assert np.abs(image - load_image(nifti)[0]).max() <= rescale_step(paths[1]) / 2 + 1e-3
+
+
 def test_two_series_written_into_one_folder_stay_apart(tmp_path):
     first = write_dicom_series(volume(1), las_affine(), tmp_path, description="AX FLAIR", series_number=1)
     second = write_dicom_series(volume(2), las_affine(), tmp_path, description="AX T2", series_number=2)
     assert not set(first) & set(second)
     found = find_series(tmp_path)
-    assert [(s.description, s.n_images) for s in found.series] == [("AX FLAIR", SHAPE[2]), ("AX T2", SHAPE[2])]
+    # Two studies: their order follows the random study UIDs.
+    assert sorted((s.description, s.n_images) for s in found.series) == [("AX FLAIR", SHAPE[2]), ("AX T2", SHAPE[2])]
 
 
 # --------------------------------------------------------------------------- refusals

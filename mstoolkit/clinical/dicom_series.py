@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from mstoolkit.data.io import MSToolkitInputError
@@ -147,6 +147,35 @@ def _series_from(ds, files: list[Path]) -> DicomSeries:
     )
 
 
+def _read(path: Path, *, pixels: bool):
+    """The dataset of ``path``, or None if it is not DICOM.
+
+    Old CDs hold files without the 128-byte preamble and file meta; they are read
+    with ``force`` and kept only if they carry a SOP class and a series, which a
+    text or random file does not."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except InvalidDicomError:
+        pass
+    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+    except Exception:  # anything a non-DICOM file makes the parser raise
+        return None
+    try:
+        if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
+            return None
+    except Exception:
+        return None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
+
+
 def find_series(folder: str | os.PathLike) -> DicomFolder:
     """Group the DICOM files under ``folder`` (any depth, any file names) by study and series.
 
@@ -160,9 +189,8 @@ def find_series(folder: str | os.PathLike) -> DicomFolder:
     first: dict[tuple[str, str], object] = {}
     n_skipped = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        ds = _read(path, pixels=False)
+        if ds is None:
             n_skipped += 1
             continue
         key = (_text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"))
@@ -218,7 +246,9 @@ def load_series(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
     image : numpy.ndarray, float32, shape (x, y, z), RAS+ as :func:`mstoolkit.data.io.load_image`
     affine : numpy.ndarray, float64, shape (4, 4), voxel → RAS world millimetres
     """
-    datasets = [pydicom.dcmread(path) for path in series.files]
+    datasets = [_read(path, pixels=True) for path in series.files]
+    if any(ds is None for ds in datasets):
+        raise MSToolkitInputError(f"{series.label}: some of its files can no longer be read as DICOM. Run find_series again.")
     for ds in datasets:
         _check_image(ds, series)
 
