@@ -184,7 +184,8 @@ def find_series(folder: str | os.PathLike) -> DicomFolder:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise MSToolkitInputError(f"'{folder}' is not a folder; pass the folder of a DICOM export or CD.")
+        # The path is not echoed: export folders are often named after the patient.
+        raise MSToolkitInputError("find_series needs a folder and the path given is not one: pass the folder of a DICOM export or CD.")
     groups: dict[tuple[str, str], list[Path]] = {}
     first: dict[tuple[str, str], object] = {}
     n_skipped = 0
