@@ -1,0 +1,1 @@
+"""The clinic's formats: DICOM series in (:mod:`mstoolkit.clinical.dicom_series`)."""
