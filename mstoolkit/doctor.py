@@ -17,7 +17,7 @@ __all__ = ["detect_platform", "describe_device", "runtime_summary", "describe_ru
            "cli_doctor"]
 
 _PACKAGES = (
-    "numpy", "scipy", "nibabel", "nilearn", "SimpleITK", "torch", "monai", "captum",
+    "numpy", "scipy", "nibabel", "nilearn", "SimpleITK", "pydicom", "torch", "monai", "captum",
     "matplotlib", "ipywidgets", "ipyniivue", "itkwidgets", "papermill", "jupyterlab",
 )
 
