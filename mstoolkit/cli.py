@@ -170,7 +170,8 @@ def _add_longitudinal(sub) -> None:
                    help="both scans already share one grid: register nothing, refuse different grids")
     p.add_argument("--skull-stripped", action="store_true",
                    help="the scans are already skull stripped (brain = non-zero voxels); default: atlas skull stripping")
-    p.add_argument("--model", default="reference", help="'reference', a checkpoint path, or 'none' (FLAIR intensity only)")
+    p.add_argument("--model", default="none",
+                   help="'none' (FLAIR intensity only; the default, best on the phantom selection pairs), 'reference' or a checkpoint path")
     p.add_argument("--min-size-mm3", type=float, default=3.0,
                    help="ignore changes smaller than this (default 3 mm³, as anima / MSSEG-2)")
     p.add_argument("--enlarging-ratio", type=float, default=1.5,

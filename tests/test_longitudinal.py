@@ -164,7 +164,7 @@ def test_cli_writes_the_four_outputs_on_the_followup_grid(pair_files, tmp_path, 
     paths, affine = pair_files
     out = tmp_path / "out"
     code = main(["longitudinal", "--baseline", str(paths["baseline"]), "--followup", str(paths["followup"]),
-                 "--out", str(out), "--registered", "--skull-stripped", "--model", "none", "--device", "cpu"])
+                 "--out", str(out), "--registered", "--skull-stripped", "--device", "cpu"])
     assert code == 0
     assert "1 new, 1 enlarging, 1 shrinking" in capsys.readouterr().out
     for name in ("change_mask.nii.gz", "change_labels.nii.gz", "baseline_registered.nii.gz"):
@@ -179,6 +179,7 @@ def test_cli_writes_the_four_outputs_on_the_followup_grid(pair_files, tmp_path, 
     assert {"id", "class", "volume_baseline_mm3", "volume_followup_mm3", "centroid_mm"} <= set(row)
     assert report["registration"]["registered_beforehand"] is True
     assert {"baseline", "followup"} <= set(report["inputs"]) and "mstoolkit_version" in report
+    assert report["model"] is None  # the default: FLAIR hyperintensity alone (DEFAULT_MODEL)
 
 
 def test_cli_with_the_reference_model_and_t1(pair_files, tmp_path):

@@ -58,7 +58,7 @@ from mstoolkit.data.io import MSToolkitInputError, check_same_grid, spacing_from
 __all__ = [
     "NEW", "ENLARGING", "SHRINKING", "CLASS_NAMES",
     "DEFAULT_CHANGE_Z", "DEFAULT_HYPERINTENSITY_Z", "DEFAULT_SMOOTHING_MM", "DEFAULT_EDGE_MM",
-    "DEFAULT_MIN_SIZE_MM3", "DEFAULT_ENLARGING_RATIO",
+    "DEFAULT_MIN_SIZE_MM3", "DEFAULT_ENLARGING_RATIO", "DEFAULT_MODEL",
     "ChangeResult", "robust_zscore", "normal_appearing_tissue", "change_z_map", "classify_changes",
     "detect_changes", "longitudinal_files", "cli_longitudinal", "to_common_space", "score_in_common_space",
 ]
@@ -83,6 +83,11 @@ DEFAULT_MIN_SIZE_MM3 = 3.0
 #: Volume ratio that makes a lesion "enlarging" (and its inverse "shrinking"): 1.5, i.e. 50 %
 #: growth, just above the 45 % measurement variability of small lesions (Goodkin et al. 1992).
 DEFAULT_ENLARGING_RATIO = 1.5
+#: The segmentation model whose lesion calls widen "lesion-like" (``"none"``: FLAIR hyperintensity
+#: alone). Chosen on the phantom selection pairs 8000-8005, default settings: mean lesion change F1
+#: 0.50 without the model, 0.44 with the reference model (the held-out phantom and real pairs
+#: agreed; benchmarks/bench_longitudinal.py --model reference|none).
+DEFAULT_MODEL = "none"
 
 _MAD_TO_SD = 1.4826  # scaled median absolute deviation = standard deviation for a normal distribution
 
@@ -501,7 +506,7 @@ def longitudinal_files(
     followup_t1: str | os.PathLike | None = None,
     registered: bool = False,
     skull_stripped: bool = False,
-    model: str | os.PathLike | None = "reference",
+    model: str | os.PathLike | None = DEFAULT_MODEL,
     device: str = "auto",
     min_size_mm3: float = DEFAULT_MIN_SIZE_MM3,
     enlarging_ratio: float = DEFAULT_ENLARGING_RATIO,
@@ -512,8 +517,9 @@ def longitudinal_files(
     Writes ``change_mask.nii.gz`` (any change), ``change_labels.nii.gz`` (1 new, 2 enlarging,
     3 shrinking or resolved), ``baseline_registered.nii.gz`` and ``change_report.json``.
     Everything is computed before the first file is written, and each file is written
-    atomically, so an error leaves no half-written output. ``model=None`` (or ``"none"``)
-    uses the FLAIR hyperintensity alone. Returns the report.
+    atomically, so an error leaves no half-written output. ``model=None`` or ``"none"`` (the
+    default, :data:`DEFAULT_MODEL`) uses the FLAIR hyperintensity alone; ``"reference"`` or a
+    checkpoint path adds the model's lesion calls. Returns the report.
     """
     from mstoolkit import __version__
     from mstoolkit.data.io import load_image, save_image, save_mask
