@@ -56,15 +56,9 @@ def _phantom_pair(seed: int):
 
 
 def _score_phantom(result, baseline, followup, truth) -> dict:
-    import numpy as np
+    from mstoolkit.longitudinal.change import score_phantom_pair
 
-    from mstoolkit.evaluation.change_metrics import evaluate_change
-    from mstoolkit.preprocessing.registration import resample_to_reference
-
-    grew = np.isin(result.labels, (1, 2)).astype(np.uint8)  # the phantom's truth: new and enlarged voxels
-    on_baseline = resample_to_reference(grew, followup.affine, baseline.shape, baseline.affine,
-                                        transform=np.linalg.inv(result.transform), is_mask=True)
-    scores = evaluate_change(on_baseline, truth, spacing=baseline.spacing, min_lesion_mm3=SCORE_MIN_MM3)
+    scores = score_phantom_pair(result.labels, result.transform, followup.affine, baseline, truth, min_lesion_mm3=SCORE_MIN_MM3)
     return {k: round(float(scores[k]), 4) if isinstance(scores[k], float) else scores[k] for k in scores}
 
 

@@ -268,3 +268,27 @@ def test_scoring_in_the_common_space_of_the_shipped_pair(tmp_path):
         score_in_common_space(empty, patient, study=None)
     nothing = score_in_common_space(empty, patient)
     assert nothing["f1"] == 0.0 and nothing["n_pred"] == 0 and nothing["sensitivity"] == 0.0
+
+
+def test_phantom_pair_scoring_counts_new_and_enlarging_on_the_baseline_grid():
+    """A phantom pair's truth is growth on the baseline grid: shrinking labels are not counted, and the
+    labels are carried back through the registration transform."""
+    from mstoolkit.data.io import Case
+    from mstoolkit.longitudinal.change import ENLARGING, NEW, SHRINKING, score_phantom_pair
+
+    shape, affine = (20, 20, 20), np.eye(4)
+    truth = np.zeros(shape, np.uint8)
+    truth[4:8, 4:8, 4:8] = 1
+    truth[12:16, 12:16, 12:16] = 1
+    baseline = Case("baseline", {"FLAIR": np.zeros(shape, np.float32)}, affine)
+    labels = np.zeros(shape, np.uint8)
+    labels[4:8, 4:8, 4:8] = NEW
+    labels[12:16, 12:16, 12:16] = ENLARGING
+    labels[1:3, 15:18, 1:3] = SHRINKING
+    perfect = score_phantom_pair(labels, np.eye(4), affine, baseline, truth)
+    assert perfect["f1"] == 1.0 and perfect["n_pred"] == 2  # the shrinking lesion is not a prediction of growth
+    shifted = np.eye(4)
+    shifted[0, 3] = 6.0  # the follow-up sits 6 mm further along x: the labels must be moved back
+    moved = np.zeros(shape, np.uint8)
+    moved[10:14, 4:8, 4:8] = NEW
+    assert score_phantom_pair(moved, shifted, affine, baseline, truth)["sensitivity"] == 0.5

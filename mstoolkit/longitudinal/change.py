@@ -60,7 +60,7 @@ __all__ = [
     "DEFAULT_CHANGE_Z", "DEFAULT_HYPERINTENSITY_Z", "DEFAULT_SMOOTHING_MM", "DEFAULT_EDGE_MM",
     "DEFAULT_MIN_SIZE_MM3", "DEFAULT_ENLARGING_RATIO", "DEFAULT_MODEL",
     "ChangeResult", "robust_zscore", "normal_appearing_tissue", "change_z_map", "classify_changes",
-    "detect_changes", "longitudinal_files", "cli_longitudinal", "to_common_space", "score_in_common_space",
+    "detect_changes", "longitudinal_files", "cli_longitudinal", "to_common_space", "score_in_common_space", "score_phantom_pair",
 ]
 
 #: Label values of the change classes.
@@ -495,6 +495,24 @@ def score_in_common_space(change_mask: str | os.PathLike, patient_dir: str | os.
     else:
         pred, _ = to_common_space(change_mask, patient_dir, study, is_mask=True)
     return evaluate_change(pred, truth, spacing=spacing_from_affine(affine), min_lesion_mm3=min_lesion_mm3)
+
+
+def score_phantom_pair(labels: np.ndarray, transform: np.ndarray, followup_affine: np.ndarray, baseline: Any,
+                       truth: np.ndarray, *, min_lesion_mm3: float = DEFAULT_MIN_SIZE_MM3) -> dict[str, Any]:
+    """Lesion-change scores of change labels against a phantom pair's truth.
+
+    :func:`mstoolkit.phantom.generator.generate_longitudinal_pair` gives the truth as new and
+    enlarged tissue on the baseline grid, so the NEW and ENLARGING labels (on the follow-up grid)
+    are carried back there with the inverse of ``transform`` (baseline world → follow-up world,
+    :attr:`ChangeResult.transform`) before :func:`mstoolkit.evaluation.change_metrics.evaluate_change`.
+    """
+    from mstoolkit.evaluation.change_metrics import evaluate_change
+    from mstoolkit.preprocessing.registration import resample_to_reference
+
+    grew = np.isin(labels, (NEW, ENLARGING)).astype(np.uint8)
+    on_baseline = resample_to_reference(grew, followup_affine, baseline.shape, baseline.affine,
+                                        transform=np.linalg.inv(transform), is_mask=True)
+    return evaluate_change(on_baseline, truth, spacing=baseline.spacing, min_lesion_mm3=min_lesion_mm3)
 
 
 def longitudinal_files(
