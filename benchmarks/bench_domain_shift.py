@@ -19,20 +19,6 @@ import time
 from _common import limit_threads, peak_rss_mb, write_json
 
 
-def lesion_cube(case, edge: int):
-    """A cube of ``edge`` voxels centred on the case's lesions (notebook 03's ``crop_around_lesions``)."""
-    import numpy as np
-
-    from mstoolkit.data.io import Case
-
-    centre = np.median(np.argwhere(case.mask > 0), axis=0).astype(int)
-    box = tuple(slice(max(0, c - edge // 2), max(0, c - edge // 2) + edge) for c in centre)
-    shift = np.eye(4)
-    shift[:3, 3] = [s.start for s in box]
-    return Case(case.case_id, {k: v[box].copy() for k, v in case.images.items()}, case.affine @ shift,
-                mask=case.mask[box].copy(), brain_mask=case.brain_mask[box].copy(), meta=case.meta)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="workshop", choices=("quick", "workshop", "full"), help="whose subject split")
@@ -47,6 +33,7 @@ def main() -> None:
     import numpy as np
 
     from mstoolkit.data.datasets import list_cases, subject_split
+    from mstoolkit.data.io import crop_around_lesions
     from mstoolkit.phantom import dataset as phantom_dataset
     from mstoolkit.phantom import generator as phantom
     from mstoolkit.phantom.dataset import ensure_phantom
@@ -59,9 +46,9 @@ def main() -> None:
     data_dir = ensure_phantom(None, n_subjects=split.n_subjects, seed=0)
     references = list_cases(data_dir)
     sequences = ("FLAIR", "T1")
-    training = [lesion_cube(ref.load(sequences), args.crop) for ref in split.select(references, "train")
+    training = [crop_around_lesions(ref.load(sequences), args.crop) for ref in split.select(references, "train")
                 if phantom_dataset.dataset_profile(int(ref.case_id[4:])) != args.held_out]
-    tests = [(profile, lesion_cube(phantom_dataset.render_subject(int(ref.case_id[4:]), profile, seed=0), args.crop))
+    tests = [(profile, crop_around_lesions(phantom_dataset.render_subject(int(ref.case_id[4:]), profile, seed=0), args.crop))
              for ref in split.select(references, "test") for profile in phantom.PROFILES]
     phantom.clear_cache()
     iterations = 20

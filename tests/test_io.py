@@ -185,3 +185,27 @@ def test_case_rejects_mismatched_arrays():
         Case("x", {"FLAIR": np.zeros((2, 2, 2))}, np.eye(4), mask=np.zeros((2, 2, 3)))
     with pytest.raises(MSToolkitInputError, match="has no images"):
         Case("x", {}, np.eye(4))
+
+
+def test_crop_around_lesions_keeps_world_coordinates_and_copies():
+    from mstoolkit.data.io import Case, crop_around_lesions
+
+    shape = (30, 32, 34)
+    affine = np.diag([0.9, 1.1, 1.2, 1.0])
+    affine[:3, 3] = (-10.0, 5.0, 2.0)
+    flair = np.random.default_rng(0).random(shape).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    mask[18:22, 10:14, 20:24] = 1
+    brain = np.zeros(shape, np.uint8)
+    brain[5:25, 6:28, 7:30] = 1
+    case = Case("c", {"FLAIR": flair}, affine, mask=mask, brain_mask=brain)
+    cube = crop_around_lesions(case, 8)
+    assert cube.shape == (8, 8, 8) and cube.mask.sum() == mask.sum()  # the whole lesion, centred
+    start = np.array([15, 7, 17])  # the median lesion voxel (19.5, 11.5, 21.5 → 19, 11, 21) minus half the edge
+    assert np.allclose(cube.affine[:3, 3], (affine @ np.append(start, 1.0))[:3])  # same world position
+    np.testing.assert_array_equal(cube.images["FLAIR"], flair[15:23, 7:15, 17:25])
+    assert not np.shares_memory(cube.images["FLAIR"], flair)
+    brain_box = crop_around_lesions(case, 0)
+    assert brain_box.shape == (28, 30, 31)  # the brain's bounding box, 4 voxels of margin, clipped
+    without_brain = Case("c", {"FLAIR": flair}, affine, mask=mask)
+    assert crop_around_lesions(without_brain, 0) is without_brain

@@ -35,6 +35,7 @@ __all__ = [
     "save_like",
     "spacing_from_affine",
     "check_same_grid",
+    "crop_around_lesions",
     "check_binary_mask",
     "check_mask_shape",
     "bounding_box",
@@ -210,6 +211,32 @@ def bounding_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, ...] | No
             return None
         box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
     return tuple(box)
+
+
+def crop_around_lesions(case: Case, edge: int) -> Case:
+    """A cube of ``edge`` voxels centred on the case's lesions (on the brain when it has none).
+
+    With ``edge`` 0, the brain's bounding box (4 voxels of margin) instead: the empty voxels
+    around the brain would only cost memory; a case without a brain mask is then returned as
+    it is. The affine moves with the crop, so world coordinates stay right, and every array is
+    a copy, so the whole volume can be freed. Notebook 03 trains and scores on such crops.
+    """
+    if not edge:
+        box = None if case.brain_mask is None else bounding_box(case.brain_mask, margin=4)
+        if box is None:
+            return case
+    else:
+        where = np.argwhere(case.mask > 0) if case.mask.any() else np.argwhere(case.brain_mask > 0)
+        centre = np.median(where, axis=0).astype(int)
+        box = tuple(slice(max(0, c - edge // 2), max(0, c - edge // 2) + edge) for c in centre)
+    shift = np.eye(4)
+    shift[:3, 3] = [s.start for s in box]
+
+    def take(array):
+        return None if array is None else array[box].copy()
+
+    return Case(case.case_id, {k: take(v) for k, v in case.images.items()}, case.affine @ shift,
+                mask=take(case.mask), brain_mask=take(case.brain_mask), meta=case.meta)
 
 
 # --------------------------------------------------------------------------- saving
