@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import highdicom as hd
 import numpy as np
@@ -214,7 +215,9 @@ def test_no_lesions_still_gives_a_valid_seg_and_sr(tmp_path):
     series = flair_series(tmp_path, axial_affine(), truth=np.zeros(SHAPE, dtype=np.uint8))
     _, affine = load_series(series)
     empty = np.zeros(SHAPE, dtype=bool)
-    seg_path = write_segmentation(empty, affine, series, tmp_path / "lesion_seg.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "no lesions" is a normal result: no warning for the user
+        seg_path = write_segmentation(empty, affine, series, tmp_path / "lesion_seg.dcm")
     assert read_segmentation(seg_path, series).sum() == 0
     report = {"total_lesion_volume_ml": 0.0, "lesion_count": 0, "lesions": []}
     sr_path = write_measurement_report(report, seg_path, series, tmp_path / "report_sr.dcm")
@@ -240,6 +243,13 @@ def test_mask_from_another_series_is_refused(tmp_path):
     other_affine[:3, 3] += [5.0, 0.0, 0.0]
     with pytest.raises(MSToolkitInputError, match="different affines"):
         write_segmentation(mask, other_affine, flair, tmp_path / "lesion_seg.dcm")
+
+
+def test_overlong_model_version_is_refused(tmp_path):
+    series = flair_series(tmp_path, axial_affine())
+    mask, affine = mask_on_grid(series)
+    with pytest.raises(MSToolkitInputError, match="model_version must be 1 to 40 characters, got 41"):
+        write_segmentation(mask, affine, series, tmp_path / "lesion_seg.dcm", model_version="x" * 41)
 
 
 def test_non_binary_mask_is_refused(tmp_path):

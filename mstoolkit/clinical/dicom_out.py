@@ -167,6 +167,9 @@ def write_segmentation(
     """
     import highdicom as hd
 
+    if not 0 < len(model_version) <= 40:
+        # It goes into Long String (LO) attributes of 64 characters at most.
+        raise MSToolkitInputError(f"model_version must be 1 to 40 characters, got {len(model_version)}; pass a short version such as '1.2'.")
     mask = check_binary_mask(mask)
     if mask.ndim != 3:
         raise MSToolkitInputError(f"mask has shape {mask.shape}; expected a 3D volume (x, y, z) on the FLAIR's grid.")
@@ -207,7 +210,7 @@ def write_segmentation(
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=ALGORITHM_NAME,
-        software_versions=f"mstoolkit {mstoolkit.__version__}, model {model_version}",
+        software_versions=[f"mstoolkit {mstoolkit.__version__}", f"model {model_version}"],  # two values
         device_serial_number="none",
         series_description=f"MS lesions, {RESEARCH_NOTICE}",
         content_label="MS_LESIONS",
