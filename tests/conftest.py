@@ -109,3 +109,19 @@ def shared_sample_dir():
         if (candidate / "MANIFEST.tsv").is_file():
             return candidate
     return None
+
+
+# --------------------------------------------------------------------------- a real PACS (Orthanc on loopback)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A running Orthanc on free loopback ports, started once for the session (see tests/orthanc.py).
+
+    Yields an object with ``.address`` (a PacsAddress), ``.rest_url`` and ``.instances()``.
+    Skipped where Orthanc is not installed, a failure instead under MSTOOLKIT_REQUIRE_ORTHANC=1.
+    """
+    from orthanc import running_orthanc
+
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
