@@ -211,13 +211,17 @@ def test_lesion_centroids_are_stored_as_lps_points(written):
     assert points["lesion 2"] == pytest.approx([-1.0, 2.0, 3.5])
 
 
-def test_no_lesions_still_gives_a_valid_seg_and_sr(tmp_path):
+def test_no_lesions_still_gives_a_valid_seg_and_sr(tmp_path, caplog):
     series = flair_series(tmp_path, axial_affine(), truth=np.zeros(SHAPE, dtype=np.uint8))
     _, affine = load_series(series)
     empty = np.zeros(SHAPE, dtype=bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # "no lesions" is a normal result: no warning for the user
+    # "No lesions" is a normal result: no warning for the user, from us or from highdicom.
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")
         seg_path = write_segmentation(empty, affine, series, tmp_path / "lesion_seg.dcm")
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    # Every frame is there (empty), each on its FLAIR image: a viewer shows "nothing" on every slice.
+    assert pydicom.dcmread(seg_path, stop_before_pixels=True).NumberOfFrames == SHAPE[2]
     assert read_segmentation(seg_path, series).sum() == 0
     report = {"total_lesion_volume_ml": 0.0, "lesion_count": 0, "lesions": []}
     sr_path = write_measurement_report(report, seg_path, series, tmp_path / "report_sr.dcm")
@@ -293,6 +297,9 @@ def test_wrong_files_and_inconsistent_reports_are_refused(written, tmp_path):
         write_measurement_report({**report, "lesion_count": 3}, seg_path, series, tmp_path / "again.dcm")
     with pytest.raises(MSToolkitInputError, match="no 'lesions'"):
         write_measurement_report({"total_lesion_volume_ml": 1.0, "lesion_count": 0}, seg_path, series, tmp_path / "again.dcm")
+    with pytest.raises(MSToolkitInputError, match="has no centroid_mm"):
+        write_measurement_report({**report, "lesions": [{"id": 1, "volume_mm3": 1.0}, report["lesions"][0]]},
+                                 seg_path, series, tmp_path / "again.dcm")
     assert not (tmp_path / "again.dcm").exists()
 
 

@@ -302,6 +302,10 @@ def write_measurement_report(
         if key not in report:
             raise MSToolkitInputError(f"report has no '{key}'; pass the report dict the pipeline makes (total_lesion_volume_ml, lesion_count, lesions).")
     lesions = list(report["lesions"])
+    for lesion in lesions:
+        missing = [key for key in ("id", "volume_mm3", "centroid_mm") if key not in lesion]
+        if missing:
+            raise MSToolkitInputError(f"a lesion of the report has no {', '.join(missing)}; each lesion needs id, volume_mm3 and centroid_mm (RAS).")
     if int(report["lesion_count"]) != len(lesions):
         raise MSToolkitInputError(
             f"report says lesion_count {report['lesion_count']} but lists {len(lesions)} lesions; pass a consistent report."
