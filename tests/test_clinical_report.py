@@ -1,0 +1,239 @@
+"""The structured report: McDonald locations, dissemination in space and time, lesion load, report.json and report.html."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from mstoolkit.clinical.report import (
+    COHORT_TABLE,
+    MCDONALD_AREAS,
+    RESEARCH_WARNING,
+    build_report,
+    dissemination_in_space,
+    dissemination_in_time,
+    lesion_load_percentile,
+    lesion_locations,
+    load_cohort_table,
+    mni_anatomy,
+    register_to_mni,
+    write_report_html,
+)
+from mstoolkit.data.datasets import list_cases, real_sample_dir
+from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.phantom.anatomy import MNI_AFFINE
+from mstoolkit.preprocessing.preprocess import load_mni_template
+from mstoolkit.segmentation.inference import lesion_report
+
+# --------------------------------------------------------------------------- controlled lesions on the template
+
+
+def world_point(region: np.ndarray) -> np.ndarray:
+    """A world point (mm) of a region of the 1 mm MNI anatomy: the middle one in index order, for reproducibility."""
+    points = np.argwhere(region)
+    assert len(points), "empty region"
+    voxel = points[len(points) // 2]
+    return (MNI_AFFINE @ np.append(voxel, 1.0))[:3]
+
+
+@pytest.fixture(scope="module")
+def template_case():
+    """The 2 mm MNI template as the subject (registration near identity), and one lesion centre per class."""
+    anatomy = mni_anatomy()
+    far = {name: ndi.distance_transform_edt(~anatomy[name]) for name in ("ventricles", "cortex", "infratentorial")}
+    inside = ndi.distance_transform_edt(anatomy["brain"])
+    centres = {
+        # just outside a lateral ventricle, far from cortex and the posterior fossa
+        "periventricular": world_point((far["ventricles"] > 1.5) & (far["ventricles"] < 2.5) & (far["cortex"] > 12) & (far["infratentorial"] > 15)),
+        # just under the cortex, far from the ventricles
+        "cortical_juxtacortical": world_point((far["cortex"] > 1.5) & (far["cortex"] < 2.5) & (inside > 8)
+                                              & (far["ventricles"] > 20) & (far["infratentorial"] > 20)),
+        # inside the brainstem or cerebellum, away from the fourth ventricle's template CSF
+        "infratentorial": world_point(anatomy["infratentorial"] & (inside > 15) & (far["ventricles"] > 8)),
+        # centrum semiovale: far from everything
+        "deep_white_matter": world_point((far["ventricles"] > 10) & (far["cortex"] > 10) & (far["infratentorial"] > 10) & anatomy["brain"]),
+    }
+    template, brain, affine = load_mni_template(resolution=2)
+    return template, brain, affine, centres
+
+
+def paint(shape, affine, centres, sizes) -> np.ndarray:
+    """A mask with one cube lesion (``size`` voxels a side) at each world centre."""
+    mask = np.zeros(shape, np.uint8)
+    for centre, size in zip(centres, sizes):
+        voxel = np.round(np.linalg.solve(affine, np.append(centre, 1.0))[:3]).astype(int)
+        low = voxel - size // 2
+        mask[tuple(slice(v, v + size) for v in low)] = 1
+    return mask
+
+
+def test_locations_follow_the_rule_on_the_template(template_case):
+    """A lesion next to a ventricle, at the cortex, in the posterior fossa and in deep white matter gets its class."""
+    template, brain, affine, centres = template_case
+    # Sizes differ so that the lesion ids (largest first) say which lesion is which.
+    order = ["deep_white_matter", "infratentorial", "periventricular", "cortical_juxtacortical"]
+    mask = paint(template.shape, affine, [centres[name] for name in order], sizes=[5, 4, 3, 2])
+    labels, locations, registration = lesion_locations(mask, affine, template, brain_mask=brain, to_mni=np.eye(4))
+    assert locations == order
+    assert labels.max() == 4 and [int((labels == k).sum()) for k in range(1, 5)] == [125, 64, 27, 8]
+    assert registration["mni_volume_scale"] == pytest.approx(1.0)
+    counts = {area: locations.count(area) for area in MCDONALD_AREAS}
+    dis = dissemination_in_space(counts)
+    assert dis["met"] and dis["areas"] == list(MCDONALD_AREAS)
+
+
+def test_only_deep_lesions_do_not_disseminate_in_space(template_case):
+    template, brain, affine, centres = template_case
+    mask = paint(template.shape, affine, [centres["deep_white_matter"]], sizes=[3])
+    _, locations, _ = lesion_locations(mask, affine, template, brain_mask=brain, to_mni=np.eye(4))
+    assert locations == ["deep_white_matter"]
+    dis = dissemination_in_space({area: locations.count(area) for area in MCDONALD_AREAS})
+    assert not dis["met"] and dis["areas"] == []
+    assert "only 0 of 4" in dis["reason"] and "spinal cord was not imaged" in dis["reason"]
+    assert "MRI alone never makes the diagnosis" in dis["note"]
+
+
+def test_registration_of_the_template_to_itself_is_near_identity(template_case):
+    template, brain, affine, _ = template_case
+    info = register_to_mni(template, affine, brain_mask=brain, working_spacing=4.0, iterations=40)
+    to_mni = np.array(info["to_mni"])
+    corners = np.array([[-60.0, -90, -40], [60, 60, 70], [0, 0, 0]])
+    moved = corners @ to_mni[:3, :3].T + to_mni[:3, 3]
+    assert np.abs(moved - corners).max() < 4.0
+    assert info["quality"] > 0.9 and info["warning"] is None
+    assert info["mni_volume_scale"] == pytest.approx(1.0, abs=0.08)
+
+
+def test_a_poor_registration_is_flagged(template_case):
+    """Half a brain cannot match the template's whole brain: the quality falls and a warning says so."""
+    template, brain, affine, _ = template_case
+    half = brain.copy()
+    half[: half.shape[0] // 2] = 0
+    info = register_to_mni(template, affine, brain_mask=half, working_spacing=4.0, iterations=20)
+    assert info["quality"] < 0.8 and "Registration to MNI is poor" in info["warning"]
+
+
+def test_location_input_errors(template_case):
+    template, brain, affine, _ = template_case
+    with pytest.raises(MSToolkitInputError, match="'sequence' must be one of"):
+        lesion_locations(np.zeros(template.shape, np.uint8), affine, template, sequence="DWI")
+    with pytest.raises(MSToolkitInputError, match="mask"):
+        lesion_locations(np.zeros((4, 4, 4), np.uint8), affine, template)
+    with pytest.raises(MSToolkitInputError, match="empty"):
+        register_to_mni(np.zeros(template.shape, np.float32), affine)
+
+
+# --------------------------------------------------------------------------- McDonald 2017
+
+
+def test_dissemination_in_space_counts_areas_not_lesions():
+    assert not dissemination_in_space({"periventricular": 12, "deep_white_matter": 9})["met"]
+    dis = dissemination_in_space({"periventricular": 1, "infratentorial": 1})
+    assert dis["met"] and dis["spinal_cord"] == "not imaged" and "2 of 4" in dis["reason"]
+    assert "Thompson" in dis["criteria"]
+    with pytest.raises(MSToolkitInputError, match="whole number"):
+        dissemination_in_space({"periventricular": -1})
+
+
+def test_dissemination_in_time_needs_a_new_lesion():
+    dit = dissemination_in_time(1, 0)
+    assert dit["met"] and dit["new_lesions"] == 1
+    dit = dissemination_in_time(0, 3)
+    assert not dit["met"] and "3 enlarging" in dit["reason"]
+    assert "post-contrast analysis" in dit["note"] and "irrespective of its timing" in dit["criteria"]
+    with pytest.raises(MSToolkitInputError, match="'new_lesions' must be a whole number"):
+        dissemination_in_time(-1, 0)
+
+
+# --------------------------------------------------------------------------- lesion load
+
+
+def test_cohort_table_is_the_28_open_ms_data_patients():
+    rows = load_cohort_table()
+    assert len(rows) == 28
+    ids = {row["patient_id"] for row in rows}
+    assert "patient07" not in ids and "patient19" not in ids and "patient26" in ids
+    header = COHORT_TABLE.read_text()
+    assert "Lesjak" in header and "CC-BY" in header and "patient07, patient19" in header
+
+
+def test_percentile_is_monotonic_and_bounded():
+    volumes = [float(row["lesion_volume_ml_mni"]) for row in load_cohort_table()]
+    grid = np.linspace(0, max(volumes) * 1.2, 60)
+    percentiles = [lesion_load_percentile(v)["percentile"] for v in grid]
+    assert np.all(np.diff(percentiles) >= 0) and percentiles[-1] > percentiles[0]
+    assert lesion_load_percentile(min(volumes) * 0.5)["percentile"] == 0.0
+    assert lesion_load_percentile(max(volumes) * 1.5)["percentile"] == 100.0
+    result = lesion_load_percentile(10.0)
+    assert result["cohort_size"] == 28 and "not healthy norms" in result["cohort"] and "Lesjak" in result["citation"]
+    with pytest.raises(MSToolkitInputError, match="'volume_ml_mni' must be"):
+        lesion_load_percentile(-1.0)
+
+
+# --------------------------------------------------------------------------- the real patient26
+
+
+@pytest.fixture(scope="module")
+def patient26():
+    case = list_cases(real_sample_dir())[0].load()
+    flair, mask = case.images["FLAIR"], case.mask
+    report = build_report(mask, mask.astype(np.float32), case.affine, flair, changes={"new_lesions": 2, "enlarging_lesions": 1,
+                          "shrinking_lesions": 0}, model={"name": "consensus <mask>"})
+    return flair, mask, case.affine, report
+
+
+def test_patient26_is_mostly_periventricular_and_disseminates_in_space(patient26):
+    flair, mask, affine, report = patient26
+    json.dumps(report)  # report.json content: plain JSON types only
+    locations = [row["location"] for row in report["lesions"]]
+    assert report["lesion_count"] == len(locations) == 19
+    assert locations.count("periventricular") > len(locations) / 2  # Dawson's fingers
+    assert report["locations"]["spinal_cord"] == "not imaged"
+    assert report["dissemination_in_space"]["met"]
+    # The lesion rows are lesion_report's (ids, volumes, order), with a location added.
+    expected = lesion_report(mask.astype(np.float32), mask, affine)["lesions"]
+    assert [{k: v for k, v in row.items() if k != "location"} for row in report["lesions"]] == expected
+    assert report["registration"]["quality"] > 0.9 and report["warnings"] == []
+    # patient26 is in the cohort: carried into template space, its volume is the table's (same registration).
+    table = {row["patient_id"]: float(row["lesion_volume_ml_mni"]) for row in load_cohort_table()}
+    assert report["total_lesion_volume_ml_mni"] == pytest.approx(table["patient26"], rel=0.05)
+    assert report["total_lesion_volume_ml"] == pytest.approx(mask.sum() / 1000, abs=1e-3)
+    assert report["dissemination_in_time"]["met"] and report["new_lesions"] == 2 and report["changes"]["shrinking_lesions"] == 0
+
+
+def test_report_without_a_prior_does_not_assess_time(template_case):
+    template, brain, affine, centres = template_case
+    mask = paint(template.shape, affine, [centres["periventricular"]], sizes=[3])
+    report = build_report(mask, mask * 0.9, affine, template, brain_mask=brain, to_mni=np.eye(4))
+    assert report["dissemination_in_time"]["met"] is None and "new_lesions" not in report
+    assert report["lesions"][0]["location"] == "periventricular" and report["lesion_load"]["cohort_size"] == 28
+    with pytest.raises(MSToolkitInputError, match="'changes' has no 'new_lesions'"):
+        build_report(mask, mask * 0.9, affine, template, to_mni=np.eye(4), changes={"enlarging_lesions": 0})
+
+
+def test_html_report_is_self_contained_and_escaped(patient26, tmp_path):
+    flair, mask, affine, report = patient26
+    path = write_report_html(report, flair, mask, affine, tmp_path / "report.html", limitations="<script>alert(1)</script> limits")
+    page = path.read_text()
+    assert RESEARCH_WARNING in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)  # nothing loaded from elsewhere
+    assert page.count('src="data:image/png;base64,') == 3
+    lesion_table = page.split("<h2>Lesions</h2>")[1].split("<h2>")[0]
+    assert lesion_table.count("<tr>") == 1 + len(report["lesions"])
+    assert lesion_table.count("<td>periventricular</td>") == [r["location"] for r in report["lesions"]].count("periventricular")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; limits" in page and "<script>" not in page
+    assert "consensus &lt;mask&gt;" in page  # the model table is escaped too
+    assert "not healthy norms" in page and "Lesjak" in page
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary file left
+
+
+def test_html_report_refuses_a_missing_folder(patient26, tmp_path):
+    flair, mask, affine, report = patient26
+    with pytest.raises(MSToolkitInputError, match="does not exist"):
+        write_report_html(report, flair, mask, affine, tmp_path / "missing" / "report.html")
+    with pytest.raises(MSToolkitInputError, match="no 'lesions'"):
+        write_report_html({}, flair, mask, affine, tmp_path / "report.html")
