@@ -426,6 +426,7 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def yes_no(value: Any) -> str:
+    """A criterion's result in words: yes, no, or not assessed (None)."""
     return {True: "yes", False: "no", None: "not assessed"}.get(value, str(value))
 
 
