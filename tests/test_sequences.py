@@ -72,9 +72,11 @@ HEADER_TABLE = [
                              image_type="DERIVED\\PRIMARY\\MPR\\ND"), "FLAIR"),
     ("siemens-mp2rage-inv2", mr("t1_mp2rage_sag_p3_INV2", tr=5000, te=2.9, ti=2500, scanning="GR\\IR", acquisition="3D"), None),
     ("siemens-dir", mr("3D_DIR_SPACE_sag", tr=7500, te=355, ti=3000, scanning="SE\\IR", acquisition="3D"), None),
+    ("echo-planar", mr("Ax 5mm", tr=3000, te=90, scanning="EP"), None),
     ("siemens-tof", mr("tof_fl3d_tra_p2_multi-slab", tr=21, te=3.4, scanning="GR", acquisition="3D"), None),
     # GE (Signa): descriptions such as "Ax T2 FLAIR"; TI 0 where there is no inversion.
     ("ge-3plane-loc", mr("3Plane Loc SSFSE", tr=1300, te=80, image_type="ORIGINAL\\PRIMARY\\LOCALIZER"), None),
+    ("ge-localizer-by-image-type", mr("Ax SSFSE", tr=2500, te=90, image_type="ORIGINAL\\PRIMARY\\LOCALIZER"), None),
     ("ge-ax-t2-flair", mr("Ax T2 FLAIR", tr=9000, te=120, ti=2250, scanning="SE\\IR", variant="SK\\SS\\SP"), "FLAIR"),
     ("ge-cube-flair", mr("Sag CUBE FLAIR", tr=6000, te=130, ti=1826, scanning="SE\\IR", acquisition="3D"), "FLAIR"),
     ("ge-t1-flair", mr("Ax T1 FLAIR", tr=2200, te=24, ti=860, scanning="SE\\IR"), "T1"),
@@ -241,6 +243,20 @@ def test_preferences_3d_over_2d_and_before_over_after_contrast():
     flair_post = mr("t2_spc_da-fl_sag_p2_iso", tr=5000, te=387, ti=1800, scanning="SE\\IR", acquisition="3D", number=10, agent="Gadovist")
     assert choose_series(identify_all([flair_2d, flair_3d]), ["FLAIR"]) == {"FLAIR": flair_3d}
     assert choose_series(identify_all([flair_post, flair_3d]), ["FLAIR"]) == {"FLAIR": flair_3d}
+
+
+def test_a_reformat_is_taken_when_it_is_all_there_is():
+    reformat = mr("Ax CUBE FLAIR REFORMAT", tr=6000, te=130, ti=1826, scanning="SE\\IR", acquisition="3D",
+                  image_type="DERIVED\\SECONDARY\\REFORMATTED\\AVERAGE")
+    assert choose_series(identify_all([reformat]), ["FLAIR"]) == {"FLAIR": reformat}
+
+
+def test_the_distortion_corrected_twin_is_preferred():
+    corrected = mr("t1_mprage_sag_p2_iso", tr=2300, te=2.32, ti=900, scanning="GR\\IR", acquisition="3D", number=5,
+                   image_type="ORIGINAL\\PRIMARY\\M\\NORM\\DIS3D")
+    uncorrected = mr("t1_mprage_sag_p2_iso_ND", tr=2300, te=2.32, ti=900, scanning="GR\\IR", acquisition="3D", number=6,
+                     image_type="ORIGINAL\\PRIMARY\\M\\ND\\NORM")
+    assert choose_series(identify_all([uncorrected, corrected]), ["T1"]) == {"T1": corrected}
 
 
 def test_a_clear_candidate_stands_out_of_a_weak_one():

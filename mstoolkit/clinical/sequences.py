@@ -162,7 +162,7 @@ AFTER_CONTRAST_WORDS = re.compile(
 REFORMAT_WORDS = re.compile(_BEFORE + r"(mpr|reformat\w*|mpr\d+|resampled)" + _AFTER)
 
 #: Values that some scanners and RIS write into ContrastBolusAgent to say that none was given.
-NO_AGENT_VALUES = {"none", "no", "nein", "n/a", "na", "-", "0", "nil", "kein", "keine", "ohne", "no contrast", "non"}
+NO_AGENT_VALUES = {"none", "no", "n", "nein", "n/a", "na", "-", "0", "nil", "kein", "keine", "ohne", "no contrast", "non"}
 
 # ----------------------------------------------------------------------------- image types
 
@@ -296,7 +296,11 @@ def _physics(series: DicomSeries) -> tuple[str | None, list[str]]:
             reasons = [f"{what}, TI {_ms(ti)}"]
             if tr is not None:
                 null = csf_null_inversion_time(tr)
-                reasons.append(f"TI {ti:g} ms with TR {tr:g} ms nulls CSF (null point ≈ {null:.0f} ms)")
+                # 3D FLAIRs with variable refocusing angles null CSF somewhat off the simple formula.
+                if abs(ti - null) <= 0.3 * null:
+                    reasons.append(f"TI {ti:g} ms with TR {tr:g} ms nulls CSF (null point ≈ {null:.0f} ms)")
+                else:
+                    reasons.append(f"TI {ti:g} ms is long, though the CSF null point for TR {tr:g} ms is ≈ {null:.0f} ms")
             reasons.append(f"long TE {_ms(te)}: T2-weighted, so a FLAIR")
             return "FLAIR", reasons
         return None, [f"{what}, TI {_ms(ti)}, TE {_ms(te)}: neither a FLAIR (TI ≥ {FLAIR_MIN_TI_MS:g}, TE ≥ {LONG_TE_MS:g} ms) "
@@ -525,6 +529,8 @@ def _preferred(candidates: list[SeriesRole], role: str) -> tuple[list[SeriesRole
         ("an original acquisition is preferred to a derived reformat", lambda r: not r.derived),
         ("a series acquired before contrast is preferred", lambda r: role == "T1CE" or not r.post_contrast),
         ("a 3D acquisition is preferred to 2D", lambda r: r.series.mr_acquisition_type.upper() == "3D"),
+        # Siemens saves distortion-corrected images (ImageType DIS2D/DIS3D) and, on request, the uncorrected twin (ND).
+        ("distortion-corrected images are preferred to their uncorrected twin (ImageType ND)", lambda r: "ND" not in _values(r.series.image_type)),
     ]
     for why, keep in preferences:
         kept = [r for r in candidates if keep(r)]
@@ -544,7 +550,9 @@ def choose_series(roles: Sequence[SeriesRole], needed: Sequence[str], *, optiona
     an original acquisition over a derived reformat (a 3D FLAIR and its axial MPR are one
     acquisition, not an ambiguity); for FLAIR, T1 and T2 a series acquired before contrast
     over one after; a 3D acquisition over 2D (the consensus protocol for MS recommends 3D
-    FLAIR and T1; Wattjes et al. 2021, Lancet Neurol 20:653–670). Of the candidates left,
+    FLAIR and T1; Wattjes et al. 2021, Lancet Neurol 20:653–670); distortion-corrected
+    images over their uncorrected twin (Siemens ImageType ND). A preference applies only
+    where it leaves at least one candidate. Of the candidates left,
     the most confident is taken when it leads the next by at least 0.2; otherwise the
     role is ambiguous. A series given in ``overrides`` is not chosen for another role.
 
