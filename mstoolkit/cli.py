@@ -37,7 +37,7 @@ def _add_doctor(sub) -> None:
 
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="generate the phantom, list/download/import public datasets")
-    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{phantom,prepare,list,download,import}")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="{phantom,prepare,list,download,import,dicom}")
 
     p = dsub.add_parser("prepare", help="build the phantom data the notebooks use (before a workshop, on Binder)")
     p.add_argument("--profile", default="workshop", choices=["quick", "workshop", "full"])
@@ -70,6 +70,12 @@ def _add_data(sub) -> None:
     p.add_argument("--mirror", default=None, help="base URL replacing the upstream one (http(s):// or file://)")
     p.add_argument("--no-convert", action="store_true", help="keep the upstream layout only")
     p.set_defaults(run=_handler("data.commands", "cli_download"))
+
+    p = dsub.add_parser("dicom", help="write phantom and real-sample studies as scanner-like DICOM (ground truth kept apart)")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--source", choices=("phantom", "real", "all"), default="all", help="which studies to write (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantom patient (default: 0)")
+    p.set_defaults(run=_handler("clinical.scanner_export", "cli_data_dicom"))
 
     p = dsub.add_parser("import", help="convert a dataset you downloaded yourself (registration-only datasets)")
     p.add_argument("name", help="dataset name, see `mstoolkit data list`")
@@ -180,6 +186,34 @@ def _add_longitudinal(sub) -> None:
     p.set_defaults(run=_handler("longitudinal.change", "cli_longitudinal"))
 
 
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="a DICOM study in: series identified, segmented, report, DICOM SEG and SR out (and to a PACS)")
+    p.add_argument("dicom_dir", help="folder of the study's DICOM files (any file names, any depth)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--prior", default=None, help="folder of the patient's previous study: new and enlarging lesions")
+    p.add_argument("--pacs", default=None, metavar="AET@HOST:PORT", help="send the SEG and SR to this PACS (checked with C-ECHO first)")
+    p.add_argument("--calling-aet", default="MSTOOLKIT", help="our AE title towards the PACS (default MSTOOLKIT)")
+    p.add_argument("--series", action="append", default=None, metavar="ROLE=UID",
+                   help="use this series for ROLE (FLAIR, T1, T1CE, T2) where identification is ambiguous; repeatable")
+    p.add_argument("--model", default="reference", help="'reference' or a checkpoint path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.set_defaults(run=_handler("clinical.study", "cli_study"))
+
+
+def _add_listen(sub) -> None:
+    p = sub.add_parser("listen", help="a DICOM storage receiver: run the study pipeline on every study sent to it")
+    p.add_argument("--port", type=int, required=True, help="TCP port to listen on (e.g. 11112)")
+    p.add_argument("--out", required=True, help="folder for received studies (incoming/) and their results (results/)")
+    p.add_argument("--pacs", default=None, metavar="AET@HOST:PORT", help="send each study's SEG and SR to this PACS")
+    p.add_argument("--ae-title", default="MSTOOLKIT", help="our AE title (default MSTOOLKIT)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; 0.0.0.0 for all)")
+    p.add_argument("--idle-seconds", type=float, default=10.0,
+                   help="process a study once nothing more has arrived for it for this long (default 10)")
+    p.add_argument("--model", default="reference", help="'reference' or a checkpoint path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.set_defaults(run=_handler("clinical.study", "cli_listen"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mstoolkit",
@@ -188,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mstoolkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_doctor, _add_data, _add_notebooks, _add_preprocess, _add_train, _add_segment, _add_evaluate,
-                _add_longitudinal):
+                _add_longitudinal, _add_study, _add_listen):
         add(sub)
     return parser
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +39,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from mstoolkit.data.io import MSToolkitInputError
+from mstoolkit.data.io import MSToolkitInputError, write_atomic
 
 __all__ = ["DicomSeries", "DicomFolder", "find_series", "load_series", "write_dicom_series"]
 
@@ -99,6 +100,11 @@ class DicomSeries:
     contrast_bolus_agent: str
     sop_class_uid: str
     files: tuple[Path, ...] = field(repr=False)
+    # Read by mstoolkit.clinical.sequences; defaults keep older constructors working.
+    contrast_bolus_ingredient: str = ""
+    sequence_name: str = ""
+    manufacturer: str = ""
+    magnetic_field_strength: float | None = None
 
     @property
     def n_images(self) -> int:
@@ -144,6 +150,10 @@ def _series_from(ds, files: list[Path]) -> DicomSeries:
         contrast_bolus_agent=_text(ds, "ContrastBolusAgent"),
         sop_class_uid=_text(ds, "SOPClassUID"),
         files=tuple(sorted(files)),
+        contrast_bolus_ingredient=_text(ds, "ContrastBolusIngredient"),
+        sequence_name=_text(ds, "SequenceName"),
+        manufacturer=_text(ds, "Manufacturer"),
+        magnetic_field_strength=_number(ds, "MagneticFieldStrength"),
     )
 
 
@@ -160,7 +170,9 @@ def _read(path: Path, *, pixels: bool):
     except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
         return None
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+        with warnings.catch_warnings():  # a text file read with force makes pydicom warn about its "VR"
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
     except Exception:  # anything a non-DICOM file makes the parser raise
         return None
     try:
@@ -340,6 +352,18 @@ def write_dicom_series(
     series_number: int = 1,
     study_uid: str | None = None,
     seed: int = 0,
+    series_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    first_instance_number: int = 1,
+    manufacturer: str = "mstoolkit",
+    model_name: str | None = None,
+    magnetic_field_strength: float | None = None,
+    study_date: str = "20000101",
+    study_time: str = "120000",
+    series_time: str | None = None,
+    study_description: str | None = None,
+    patient: dict | None = None,
+    extra: dict | None = None,
 ) -> list[Path]:
     """Write ``image`` (x, y, z) on ``affine`` (voxel → RAS mm) as one MR Image Storage file per slice.
 
@@ -348,6 +372,17 @@ def write_dicom_series(
     RescaleIntercept, fresh UIDs, a synthetic patient. Pass the ``study_uid`` of an
     earlier call to put several series in one study. Slice k of the file set is the
     plane ``image[:, :, k]``; the first array axis runs along the image rows.
+
+    Scanner-like headers (used by :mod:`mstoolkit.clinical.scanner_export`): ``manufacturer``,
+    ``model_name``, ``magnetic_field_strength`` (tesla), ``study_date``/``study_time``/``series_time``
+    (DICOM DA ``YYYYMMDD`` and TM ``HHMMSS``), ``study_description``; ``patient`` replaces the
+    synthetic patient's attributes (keywords such as ``PatientName``, ``PatientID``,
+    ``PatientIdentityRemoved``); ``extra`` sets further attributes by keyword on every file
+    (``{"FlipAngle": "9"}``), and a callable value is called with the slice index (a value that
+    changes per file, such as ``DiffusionBValue``). Several calls with one ``series_uid`` (and
+    ``first_instance_number`` past the earlier call's) build one series in parts, e.g. a
+    three-plane localizer or the b-values of a diffusion series; a ``frame_of_reference_uid``
+    shared by the series of one study says they were acquired in one session.
 
     Returns the paths written, in slice order.
     """
@@ -376,7 +411,7 @@ def write_dicom_series(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_slices = image.shape[2]
-    instance_numbers = rng.permutation(n_slices) + 1
+    instance_numbers = rng.permutation(n_slices) + first_instance_number
     names: set[str] = set()
     while len(names) < n_slices:
         name = f"{int(rng.integers(16**8)):08X}"
@@ -385,7 +420,7 @@ def write_dicom_series(
     file_names = sorted(names, key=lambda _: rng.random())
 
     study_uid = study_uid or generate_uid()
-    series_uid, frame_uid = generate_uid(), generate_uid()
+    series_uid, frame_uid = series_uid or generate_uid(), frame_of_reference_uid or generate_uid()
     paths = []
     for k in range(n_slices):
         sop_uid = generate_uid()
@@ -400,9 +435,18 @@ def write_dicom_series(
         # A synthetic patient: no real identifiers ever enter these files.
         ds.PatientName, ds.PatientID = "PHANTOM^SYNTHETIC", "PHANTOM0001"
         ds.PatientBirthDate, ds.PatientSex = "", "O"
-        ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20000101", "120000", ""
+        for keyword, value in (patient or {}).items():
+            setattr(ds, keyword, value)
+        ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", study_date, study_time, ""
+        ds.SeriesDate, ds.SeriesTime = study_date, series_time or study_time
         ds.ReferringPhysicianName = ""
-        ds.Modality, ds.Manufacturer = "MR", "mstoolkit"
+        if study_description:
+            ds.StudyDescription = study_description
+        ds.Modality, ds.Manufacturer = "MR", manufacturer
+        if model_name:
+            ds.ManufacturerModelName = model_name
+        if magnetic_field_strength is not None:
+            ds.MagneticFieldStrength = _decimal(magnetic_field_strength)
         ds.SeriesNumber, ds.InstanceNumber = series_number, int(instance_numbers[k])
         ds.SeriesDescription, ds.ProtocolName = description, protocol or description
         ds.ImageType = list(image_type)
@@ -423,8 +467,10 @@ def write_dicom_series(
         ds.Rows, ds.Columns = image.shape[1], image.shape[0]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _decimal(slope), _decimal(intercept), "US"
+        for keyword, value in (extra or {}).items():
+            setattr(ds, keyword, value(k) if callable(value) else value)
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (row, column) order
         path = out_dir / file_names[k]
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        write_atomic(path, lambda tmp, ds=ds: pydicom.dcmwrite(tmp, ds, enforce_file_format=True))
         paths.append(path)
     return paths
