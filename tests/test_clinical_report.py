@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,29 @@ def test_html_report_refuses_a_missing_folder(patient26, tmp_path):
         write_report_html(report, flair, mask, affine, tmp_path / "missing" / "report.html")
     with pytest.raises(MSToolkitInputError, match="no 'lesions'"):
         write_report_html({}, flair, mask, affine, tmp_path / "report.html")
+
+
+def test_cohort_table_builder_lists_missing_patients_and_scales_volumes(tmp_path):
+    """The build script on a tiny open_ms_data folder: patient26 (for the scale) and one patient without a mask."""
+    import importlib.util
+    import shutil
+
+
+    spec = importlib.util.spec_from_file_location("build_table", Path(__file__).parents[1] / "data_download" / "build_lesion_load_table.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    source = real_sample_dir() / "cross_sectional"
+    target = tmp_path / "cross_sectional"
+    shutil.copytree(source / "MNI" / "patient26", target / "MNI" / "patient26")
+    (target / "patient_info.csv").write_text("patient_id,age,sex,ms_type,edss,criteria\n3,37,F,N/A,N/A,N/A\n26,40,F,RR,2.0,McDonald 2010\n")
+    out = tmp_path / "lesion_load.csv"
+    assert builder.main([str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "no consensus mask: patient03." in text and "Lesjak" in text
+    row = [line for line in text.splitlines() if line.startswith("patient26,")][0].split(",")
+    scale = float(re.search(r"upstream MNI volume x ([0-9.]+)", text).group(1))
+    assert 1.4 < scale < 1.8  # the upstream MNI brains are smaller than the MNI152 2009 template
+    assert float(row[2]) == pytest.approx(8.227, abs=1e-3) and float(row[1]) == pytest.approx(8.227 * scale, abs=2e-3)
+    assert row[3:] == ["19", "40", "F", "RR"]
+    # A folder without the patient table is refused with a message, not a traceback.
+    assert builder.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
