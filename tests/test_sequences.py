@@ -205,6 +205,20 @@ def test_an_agent_on_every_series_is_ignored_and_the_names_decide():
     assert any("whole exam" in r for r in roles[2].reasons)
 
 
+def test_a_site_protocol_on_every_series_is_not_read_as_a_series_name():
+    # GE writes the site's protocol into ProtocolName of every series; "W/WO" is "with and without".
+    study = [mr("3-Plane Loc", tr=5, te=1.6, scanning="GR", protocol="MS BRAIN W/WO", number=1),
+             mr("Ax T2 FLAIR", tr=9000, te=141, ti=2250, scanning="SE\\IR", protocol="MS BRAIN W/WO", number=5),
+             mr("Sag 3D BRAVO", tr=8.2, te=3.2, ti=450, scanning="GR\\IR", acquisition="3D", protocol="MS BRAIN W/WO", number=8),
+             mr("Sag 3D BRAVO +C", tr=8.2, te=3.2, ti=450, scanning="GR\\IR", acquisition="3D", protocol="MS BRAIN W/WO", number=9)]
+    roles = identify_all(study)
+    assert [r.role for r in roles] == [None, "FLAIR", "T1", "T1CE"]
+    assert not any("MS BRAIN" in reason for r in roles for reason in r.reasons)
+    # A series on its own: "W/WO" says nothing about it, "W/O" (without) does.
+    assert identify_series(mr("Ax T1 SE +C / BRAIN W/WO", tr=500, te=10)).role == "T1CE"
+    assert identify_series(mr("Ax T1 SE W/O", tr=500, te=10)).role == "T1"
+
+
 # --------------------------------------------------------------------------- choosing
 
 

@@ -159,6 +159,8 @@ AFTER_CONTRAST_WORDS = re.compile(
     + r"|" + _BEFORE + r"(gd|gad|gado\w*|gadolinium|km|kontrast\w*|contrast\w*|mdc|ce|inj|injecte|injected)" + _AFTER
     + r"|(?<![a-z0-9])s?t1w?[-_ ]?(ce|c|gd|km|\+)" + _AFTER
 )
+BOTH_CONTRAST_WORDS = re.compile(
+    r"w\s*/?\s*(and\s*|\+\s*|&\s*)?w\s*/?\s*o" + _AFTER + r"|with\s*(and|/|&)\s*without|mit\s*(und|/|&)\s*ohne|\+\s*/\s*-")
 REFORMAT_WORDS = re.compile(_BEFORE + r"(mpr|reformat\w*|mpr\d+|resampled)" + _AFTER)
 
 #: Values that some scanners and RIS write into ContrastBolusAgent to say that none was given.
@@ -213,9 +215,9 @@ def _values(text: str) -> set[str]:
     return {v.strip().upper() for v in text.split("\\") if v.strip()}
 
 
-def _name_of(series: DicomSeries) -> str:
+def _name_of(series: DicomSeries, *, use_protocol_name: bool = True) -> str:
     """SeriesDescription and ProtocolName (where different), for the name rules."""
-    names = [series.series_description, series.protocol_name]
+    names = [series.series_description, series.protocol_name if use_protocol_name else ""]
     return " / ".join(dict.fromkeys(n for n in names if n))
 
 
@@ -249,12 +251,12 @@ def _excluded_by_header(series: DicomSeries) -> str | None:
     return None
 
 
-def _is_derived(series: DicomSeries) -> str | None:
+def _is_derived(series: DicomSeries, name: str) -> str | None:
     """Why the series is a derived image (a reformat of another), or None for an original acquisition."""
     image_type = [v.strip().upper() for v in series.image_type.split("\\") if v.strip()]
     if image_type and (image_type[0] == "DERIVED" or "SECONDARY" in image_type[:2] or set(image_type) & REFORMAT_TYPES):
         return f"derived image (ImageType {series.image_type})"
-    found = REFORMAT_WORDS.search(_name_of(series).lower())
+    found = REFORMAT_WORDS.search(name.lower())
     if found:
         return f"the name says reformat ('{found.group(0)}')"
     return None
@@ -355,7 +357,8 @@ def _name_words(name: str) -> tuple[str | None, str | None, str | None, list[str
     return role, None, weak[0] if weak else None, reasons
 
 
-def _contrast(series: DicomSeries, *, trust_contrast_header: bool, study_records_contrast: bool) -> tuple[str, str | None, list[str]]:
+def _contrast(series: DicomSeries, name: str, *, trust_contrast_header: bool,
+              study_records_contrast: bool) -> tuple[str, str | None, list[str]]:
     """What the header and the name say about contrast: (header: "agent", "none" or "empty"; name: "post", "pre" or None; reasons)."""
     agent = " ".join(v for v in (series.contrast_bolus_agent, series.contrast_bolus_ingredient) if v).strip()
     reasons = []
@@ -375,7 +378,7 @@ def _contrast(series: DicomSeries, *, trust_contrast_header: bool, study_records
         if study_records_contrast:
             reasons.append("no contrast agent in the header, where other series of this study name one")
 
-    text = _name_of(series).lower()
+    text = BOTH_CONTRAST_WORDS.sub(" ", name.lower())  # "W/WO" (with and without) says nothing about one series
     before = BEFORE_CONTRAST_WORDS.search(text)
     after = AFTER_CONTRAST_WORDS.search(BEFORE_CONTRAST_WORDS.sub(" ", text))
     name = "pre" if before else "post" if after else None
@@ -386,7 +389,8 @@ def _contrast(series: DicomSeries, *, trust_contrast_header: bool, study_records
     return header, name, reasons
 
 
-def identify_series(series: DicomSeries, *, trust_contrast_header: bool = True, study_records_contrast: bool = False) -> SeriesRole:
+def identify_series(series: DicomSeries, *, trust_contrast_header: bool = True, study_records_contrast: bool = False,
+                    use_protocol_name: bool = True) -> SeriesRole:
     """The role of one series (``"FLAIR"``, ``"T1"``, ``"T1CE"``, ``"T2"`` or None), with a confidence and the reasons.
 
     Rules, in order:
@@ -412,9 +416,11 @@ def identify_series(series: DicomSeries, *, trust_contrast_header: bool = True, 
        :func:`choose_series` prefers the original acquisition.
 
     ``trust_contrast_header=False`` ignores the contrast agent fields (:func:`identify_all`
-    passes it when every series of a study, the first too, names the same agent).
+    passes it when every series of a study, the first too, names the same agent);
+    ``use_protocol_name=False`` reads SeriesDescription alone (:func:`identify_all` passes it
+    when one ProtocolName, the site's protocol such as GE's ``MS BRAIN W/WO``, is on every series).
     """
-    name = _name_of(series) or "(no name)"
+    name = _name_of(series, use_protocol_name=use_protocol_name) or "(no name)"
     excluded = _excluded_by_header(series)
     if excluded:
         return SeriesRole(series, None, HEADER_SAYS_NONE, (excluded,))
@@ -460,7 +466,7 @@ def identify_series(series: DicomSeries, *, trust_contrast_header: bool = True, 
     post_contrast = False
     if role is not None:
         header, name_contrast, contrast_reasons = _contrast(
-            series, trust_contrast_header=trust_contrast_header, study_records_contrast=study_records_contrast)
+            series, name, trust_contrast_header=trust_contrast_header, study_records_contrast=study_records_contrast)
         if header == "agent":
             post_contrast = True
             if name_contrast == "pre":
@@ -484,7 +490,7 @@ def identify_series(series: DicomSeries, *, trust_contrast_header: bool = True, 
 
     derived = False
     if role is not None:
-        why = _is_derived(series)
+        why = _is_derived(series, name)
         if why:
             derived = True
             confidence -= DERIVED_PENALTY
@@ -499,14 +505,18 @@ def identify_all(series: Sequence[DicomSeries]) -> list[SeriesRole]:
     agent and others do not, an empty field means "before the injection", so a name
     saying "post" does not make a T1CE on its own. When every series names the same agent,
     the first one (the localizer) too, the agent was entered for the whole exam and the
-    field is ignored.
+    field is ignored. When every series carries one ProtocolName (GE writes the site's
+    protocol there, e.g. ``MS BRAIN``) it names the study, not the series, and is not read.
     """
     series = list(series)
     agents = [" ".join(v for v in (s.contrast_bolus_agent, s.contrast_bolus_ingredient) if v).strip().lower() for s in series]
     named = [a for a in agents if a and a not in NO_AGENT_VALUES]
     everywhere = len(series) > 1 and len(named) == len(series) and len(set(named)) == 1
     records = bool(named) and not everywhere
-    return [identify_series(s, trust_contrast_header=not everywhere, study_records_contrast=records and not agent)
+    protocols = {s.protocol_name for s in series}
+    site_protocol = len(series) > 1 and len(protocols) == 1 and "" not in protocols and len({s.series_description for s in series}) > 1
+    return [identify_series(s, trust_contrast_header=not everywhere, study_records_contrast=records and not agent,
+                            use_protocol_name=not site_protocol)
             for s, agent in zip(series, agents)]
 
 
