@@ -2,8 +2,8 @@
 
 Reads the consensus lesion masks of the cross-sectional database in MNI space
 (``cross_sectional/MNI/patientNN/GOLD_STANDARD_…nii.gz``) and ``patient_info.csv`` (age, sex, MS
-type), and writes one row per patient into the package's sample data,
-``mstoolkit/data/sample_data/open_ms_data/cross_sectional/lesion_load.csv``. It runs once, by a
+type), and writes one row per patient into the package,
+``mstoolkit/clinical/reference/open_ms_data_lesion_load.csv``. It runs once, by a
 maintainer; at run time the report reads only that small table (a user's clone has no masks).
 
 Volumes are compared in template space. The upstream "MNI" images are smaller than the MNI152 2009
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", default=str(REPOSITORY.parent / "shared" / "data" / "open_ms_data"),
                         help="the open_ms_data folder (default: ../shared/data/open_ms_data from the repository root)")
-    parser.add_argument("--out", default=str(COHORT_TABLE), help="where to write the table (default: the package's sample data)")
+    parser.add_argument("--out", default=str(COHORT_TABLE), help="where to write the table (default: the package's mstoolkit/clinical/reference/)")
     args = parser.parse_args(argv)
     try:
         text = build_table(Path(args.folder))

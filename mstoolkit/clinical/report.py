@@ -60,7 +60,6 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from mstoolkit.data.datasets import SHIPPED_SAMPLE
 from mstoolkit.data.io import MSToolkitInputError, check_binary_mask, check_mask_shape, spacing_from_affine, write_atomic
 from mstoolkit.phantom.anatomy import MNI_AFFINE, MNI_SHAPE, load_template
 from mstoolkit.preprocessing.preprocess import load_mni_template
@@ -82,7 +81,8 @@ LOCATION_RULE = ("A lesion whose 1-voxel dilation overlaps a structure (template
                  "a lesion touching none is deep white matter. Definitions: MAGNIMS 2016 (Filippi et al., Lancet Neurol "
                  "2016;15:292-303) and McDonald 2017 (Thompson et al., Lancet Neurol 2018;17:162-173).")
 #: The shipped lesion-load table of the open_ms_data cohort (built by data_download/build_lesion_load_table.py).
-COHORT_TABLE = SHIPPED_SAMPLE / "cross_sectional" / "lesion_load.csv"
+#: It is derived data, so it lives here and not in data/sample_data/, which holds upstream files byte for byte.
+COHORT_TABLE = Path(__file__).resolve().parent / "reference" / "open_ms_data_lesion_load.csv"
 RESEARCH_WARNING = "Research software: not for clinical use."
 MCDONALD_2017 = ("McDonald 2017 (Thompson et al., Lancet Neurol 2018;17:162-173): dissemination in space needs >= 1 "
                  "T2-hyperintense lesion in >= 2 of 4 areas: periventricular, cortical or juxtacortical, infratentorial, spinal cord.")
@@ -373,6 +373,8 @@ def build_report(mask: np.ndarray, probability: np.ndarray, affine: np.ndarray, 
         report["new_lesions"] = int(changes["new_lesions"])
         report["enlarging_lesions"] = int(changes["enlarging_lesions"])
         report["dissemination_in_time"] = dissemination_in_time(int(changes["new_lesions"]), int(changes["enlarging_lesions"]))
+        if changes.get("warning"):  # e.g. prior and current acquired with different protocols
+            warnings.append(str(changes["warning"]))
     else:
         report["dissemination_in_time"] = {"met": None, "reason": "not assessed: no prior scan to compare with.",
                                            "note": "Dissemination in time needs a follow-up compared with a baseline scan."}
