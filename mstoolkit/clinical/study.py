@@ -281,7 +281,5 @@ def cli_listen(args) -> int:
 
     listener = StudyListener(Path(args.out) / "incoming", port=args.port, ae_title=args.ae_title, host=args.host,
                              idle_seconds=args.idle_seconds, on_study=on_study)
-    print(f"Listening as {args.ae_title} on {args.host}:{args.port}; each study is processed {args.idle_seconds:g} s "
-          f"after its last image arrives. Ctrl-C stops.", flush=True)
     listener.serve_until_interrupted()
     return 0
