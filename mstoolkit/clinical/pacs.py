@@ -456,7 +456,15 @@ class StudyListener:
             return list(self._finished)
 
     def serve_until_interrupted(self) -> None:
-        """Receive until Ctrl-C, then stop cleanly. For ``mstoolkit listen``."""
+        """Receive until Ctrl-C (or SIGTERM, as a service manager sends), then stop cleanly. For ``mstoolkit listen``."""
+        import signal
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        # Signal handlers can only be set from the main thread; elsewhere Ctrl-C alone stops it.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, interrupt) if in_main_thread else None
         self.start()
         print(f"Listening as {self.address} (saving to {self.out_dir}); each study is processed {self.idle_seconds:g} s "
               "after its last image. Ctrl-C stops.", flush=True)
@@ -467,4 +475,6 @@ class StudyListener:
             print("Stopping the listener.", flush=True)
         finally:
             self.stop()
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
         print(f"Stopped: {len(self.completed)} study(ies) processed, {len(self.failed)} failed.", flush=True)
