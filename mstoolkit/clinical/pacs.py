@@ -217,12 +217,16 @@ def send(pacs: PacsAddress, paths: Sequence[str | os.PathLike], *, calling_aet: 
     for number, path in enumerate(paths, start=1):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            ds.SOPClassUID, ds.file_meta.TransferSyntaxUID  # noqa: B018 (both must be there to be sent)
-        except (OSError, InvalidDicomError, AttributeError, KeyError) as error:
+        except (OSError, InvalidDicomError) as error:
+            ds, problem = None, "no such file" if isinstance(error, FileNotFoundError) else type(error).__name__
+        else:
+            # C-STORE needs both: which kind of object (the SOP class) and how it is encoded (the transfer syntax).
+            problem = None if "SOPClassUID" in ds and "TransferSyntaxUID" in ds.file_meta else "no SOP class or transfer syntax"
+        if problem is not None:
             raise MSToolkitInputError(
-                f"File {number} of {len(paths)} to send is not a readable DICOM file with file meta ({type(error).__name__}): "
+                f"File {number} of {len(paths)} to send is not a readable DICOM file with file meta ({problem}): "
                 "send only the DICOM files the pipeline wrote."
-            ) from None
+            )
         headers.append(ds)
 
     ae = _application_entity(calling_aet, timeout)
