@@ -430,7 +430,7 @@ class StudyListener:
         with self._condition:
             pending = sorted(folder.name for folder in self._last_arrival)
             self._last_arrival.clear()
-        if pending:
+        if pending and self.on_study is not None:  # a plain receiver (no callback) has nothing to process
             log.warning("Stopped with %d study(ies) received but not processed, kept in the output folder: %s", len(pending), ", ".join(pending))
 
     def __enter__(self) -> StudyListener:

@@ -41,10 +41,13 @@ def pick(profile: str, *, quick: Any, workshop: Any, full: Any) -> Any:
 
 def check_value(name: str, answer: Any, expected: Any, *, rtol: float = 1e-4, atol: float = 1e-6, hint: str = "") -> None:
     """Compare an answer with the expected value and print feedback; raise if wrong."""
-    try:
-        ok = bool(np.allclose(np.asarray(answer, dtype=float), np.asarray(expected, dtype=float), rtol=rtol, atol=atol))
-    except (TypeError, ValueError):
-        ok = answer == expected
+    if answer is None or expected is None:  # "no answer" is an answer too (e.g. a series with no role)
+        ok = answer is expected
+    else:
+        try:
+            ok = bool(np.allclose(np.asarray(answer, dtype=float), np.asarray(expected, dtype=float), rtol=rtol, atol=atol))
+        except (TypeError, ValueError):
+            ok = answer == expected
     if not ok:
         raise ExerciseError(f"{name}: got {answer!r}, expected {expected!r}. {hint}".strip())
     print(f"✓ {name}: correct ({answer!r}).")
