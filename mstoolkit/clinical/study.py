@@ -270,6 +270,8 @@ def cli_listen(args) -> int:
     """``mstoolkit listen --port P --out DIR``: receive studies, run the pipeline on each, send results back."""
     from mstoolkit.clinical.pacs import StudyListener, echo, parse_pacs_address
 
+    # One INFO line per received image drowns the study lines; pynetdicom's debug log prints datasets.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if args.pacs:
         echo(parse_pacs_address(args.pacs), calling_aet=args.ae_title)
     results = Path(args.out) / "results"
