@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -16,8 +17,11 @@ from pathlib import Path
 __all__ = ["detect_platform", "describe_device", "runtime_summary", "describe_runtime", "collect_report",
            "cli_doctor"]
 
+#: Where Debian's orthanc package puts the server (/usr/sbin is not always on PATH).
+ORTHANC_PATH = "/usr/sbin/Orthanc"
+
 _PACKAGES = (
-    "numpy", "scipy", "nibabel", "nilearn", "SimpleITK", "pydicom", "torch", "monai", "captum",
+    "numpy", "scipy", "nibabel", "nilearn", "SimpleITK", "pydicom", "highdicom", "pynetdicom", "dcm2niix", "torch", "monai", "captum",
     "matplotlib", "ipywidgets", "ipyniivue", "itkwidgets", "papermill", "jupyterlab",
 )
 
@@ -99,6 +103,8 @@ def collect_report() -> dict:
         "datasets_in_cache": datasets,
         "real_sample": str(real),
         "reference_model": sorted(p.name for p in reference.glob("*")) if reference.is_dir() else [],
+        # A PACS to try `mstoolkit study --pacs` against locally; the tests start their own.
+        "orthanc": shutil.which("Orthanc") or (ORTHANC_PATH if Path(ORTHANC_PATH).is_file() else None),
     }
 
 
@@ -118,6 +124,7 @@ def cli_doctor(args) -> int:
     print(f"  datasets: {', '.join(report['datasets_in_cache']) or 'none yet (notebooks generate the phantom on first use)'}")
     print(f"real open_ms_data sample: {report['real_sample'] or 'not found (mstoolkit data download open_ms_data)'}")
     print(f"reference model files: {', '.join(report['reference_model']) or 'none'}")
+    print(f"Orthanc (a PACS for the DICOM tests): {report['orthanc'] or 'not installed (optional: apt-get install orthanc)'}")
     missing = [n for n, v in report["packages"].items() if v is None and n != "itkwidgets"]
     if missing:
         print(f"problem: missing packages {', '.join(missing)}: run `make install` or `pip install -e .`")
