@@ -8,6 +8,7 @@ patient with a prior study), written once per module; their truth lies apart fro
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -168,6 +169,13 @@ def test_ambiguous_study_stops_before_any_work_and_series_decides(tmp_path):
         run_study(tmp_path / "study", tmp_path / "out", device="cpu")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out" / "lesion_mask.nii.gz").exists()
+    # --series settles the FLAIR; this study has no T1, which the reference model needs, and that is said next.
+    second = find_series(tmp_path / "study").series[1].series_uid
+    with pytest.raises(MSToolkitInputError, match=r"T1") as error:
+        run_study(tmp_path / "study", tmp_path / "out", series=[f"FLAIR={second}"], device="cpu")
+    assert "FLAIR=" not in str(error.value)
+    with pytest.raises(MSToolkitInputError, match=r"FLAIR=1\.2\.3"):
+        run_study(tmp_path / "study", tmp_path / "out", series=["FLAIR=1.2.3"], device="cpu")
 
 
 def test_a_pacs_that_does_not_answer_fails_before_any_work(teaching, tmp_path, capsys):
@@ -201,3 +209,43 @@ def test_converted_inputs_keep_the_dicom_geometry(ingested):
     image, affine = load_series(flair)
     saved, saved_affine = load_image(out / "inputs" / "FLAIR.nii.gz")
     assert np.allclose(saved_affine, affine, atol=1e-4) and np.allclose(saved, image, atol=1e-3)
+
+
+def test_listen_command_reports_a_failed_study_and_stops_on_sigterm(tmp_path):
+    """`mstoolkit listen` as users start it: a study it cannot process (no FLAIR) is reported in one
+    line and the receiver keeps serving; SIGTERM stops it cleanly."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from mstoolkit.clinical.pacs import PacsAddress
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    image = np.random.default_rng(0).normal(100, 5, (40, 48, 12)).astype(np.float32)
+    paths = write_dicom_series(image, np.diag([1.0, 1.0, 3.0, 1.0]), tmp_path / "study", description="3-Plane Loc",
+                               image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), tr=8.6, te=4.0, seed=3)
+    command = [sys.executable, "-m", "mstoolkit.cli", "listen", "--port", str(port), "--out", str(tmp_path / "node"),
+               "--idle-seconds", "0.5", "--device", "cpu"]
+    node = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(100):  # until it accepts associations
+            try:
+                send(PacsAddress("MSTOOLKIT", "127.0.0.1", port), paths[:1], timeout=2)
+                break
+            except MSToolkitInputError:
+                time.sleep(0.2)
+        send(PacsAddress("MSTOOLKIT", "127.0.0.1", port), paths[1:], timeout=10)
+        deadline = time.time() + 60
+        while time.time() < deadline and not any((tmp_path / "node" / "incoming").glob("study-*")):
+            time.sleep(0.2)
+        time.sleep(8)  # the idle time, then the pipeline refuses the study (no FLAIR)
+    finally:
+        node.send_signal(signal.SIGTERM)
+        said, _ = node.communicate(timeout=30)
+    assert node.returncode == 0, said
+    assert "Listening as MSTOOLKIT" in said
+    assert re.search(r"study-\w+ failed: .*identified as FLAIR", said) and "Traceback" not in said
