@@ -125,3 +125,28 @@ def orthanc(tmp_path_factory):
 
     with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
+
+
+# --------------------------------------------------------------------------- scanner-like DICOM studies
+
+
+@pytest.fixture(scope="session")
+def teaching_export(tmp_path_factory):
+    """`mstoolkit data dicom` written once for the session (about 20 s; read it, do not change it).
+
+    Returns (folder, truth.json as a dict, what the command printed). Used by
+    tests/test_scanner_export.py and tests/test_study.py.
+    """
+    import argparse
+    import contextlib
+    import io
+    import json
+
+    from mstoolkit.clinical.scanner_export import cli_data_dicom
+
+    out = tmp_path_factory.mktemp("export") / "cd"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli_data_dicom(argparse.Namespace(out=str(out), source="all", seed=3)) == 0
+    truth = json.loads((out / "truth" / "truth.json").read_text())
+    return out, truth, printed.getvalue()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import datetime
-import io
-import json
 import re
 from pathlib import Path
 
@@ -16,7 +12,7 @@ import pytest
 
 from mstoolkit.clinical import scanner_export
 from mstoolkit.clinical.dicom_series import find_series, load_series
-from mstoolkit.clinical.scanner_export import cli_data_dicom, write_teaching_studies
+from mstoolkit.clinical.scanner_export import write_teaching_studies
 from mstoolkit.data.datasets import list_cases, real_sample_dir
 from mstoolkit.data.io import MSToolkitInputError, load_image
 
@@ -24,14 +20,9 @@ OPAQUE = re.compile(r"^[0-9A-F]{8}$")
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """Everything, written once through the command (about 15 s), and what it printed."""
-    out = tmp_path_factory.mktemp("export") / "cd"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert cli_data_dicom(argparse.Namespace(out=str(out), source="all", seed=3)) == 0
-    truth = json.loads((out / "truth" / "truth.json").read_text())
-    return out, truth, printed.getvalue()
+def export(teaching_export):
+    """Everything, written once through the command (tests/conftest.py), and what it printed."""
+    return teaching_export
 
 
 def headers(path: Path):

@@ -19,7 +19,6 @@ from mstoolkit.cli import main
 from mstoolkit.clinical.dicom_out import read_measurement_report, read_segmentation
 from mstoolkit.clinical.dicom_series import find_series, write_dicom_series
 from mstoolkit.clinical.pacs import StudyListener, send, study_folder_name
-from mstoolkit.clinical.scanner_export import write_teaching_studies
 from mstoolkit.clinical.study import run_study
 from mstoolkit.data.io import MSToolkitInputError, load_image, load_mask
 from mstoolkit.segmentation.inference import segment_files
@@ -31,12 +30,10 @@ OUTPUTS = ("series.json", "inputs/FLAIR.nii.gz", "inputs/T1.nii.gz", "lesion_mas
 
 
 @pytest.fixture(scope="module")
-def teaching(tmp_path_factory):
-    """The teaching studies and their truth: {(patient, kind): folder}, truth.json."""
-    out = tmp_path_factory.mktemp("dicom") / "export"
-    written = write_teaching_studies(out, source="all", seed=0)
-    truth = json.loads((out / "truth" / "truth.json").read_text())
-    return {(s["patient"], s["kind"]): s["folder"] for s in written["studies"]}, truth, out / "truth"
+def teaching(teaching_export):
+    """The teaching studies (tests/conftest.py) and their truth: {(patient, kind): folder}, truth.json, truth folder."""
+    out, truth, _ = teaching_export
+    return {(s["patient"], s["kind"]): out / s["folder"] for s in truth["studies"]}, truth, out / "truth"
 
 
 def truth_of(truth: dict, patient: str, kind: str) -> dict:

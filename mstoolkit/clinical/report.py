@@ -114,6 +114,7 @@ def mni_anatomy() -> dict[str, np.ndarray]:
     grey nuclei), and the infratentorial region is the brainstem and cerebellum, below and behind
     the tentorium. Cached per process.
     """
+    was_cached = load_template.cache_info().currsize > 0
     template = load_template()
     brain = template["brain"] > 0.5
     csf = np.clip(template["brain"] - template["gm"] - template["wm"], 0.0, 1.0)
@@ -123,6 +124,8 @@ def mni_anatomy() -> dict[str, np.ndarray]:
     ventricles = (csf > 0.5) & (depth > 14) & (np.abs(x) < 30)
     cortex = (template["gm"] > 0.4) & (depth < 12)
     infratentorial = brain & (((y < -35) & (z < -12 - 0.35 * np.maximum(np.abs(x) - 10, 0))) | ((np.abs(x) < 14) & (y < -8) & (z < -14)))
+    if not was_cached:  # keep four masks (30 MB), not the phantom's maps (about 800 MB) it was built from
+        load_template.cache_clear()
     return {"ventricles": ventricles, "cortex": cortex, "infratentorial": infratentorial, "brain": brain}
 
 
