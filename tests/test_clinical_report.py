@@ -276,3 +276,16 @@ def test_cohort_table_builder_lists_missing_patients_and_scales_volumes(tmp_path
     assert row[3:] == ["19", "40", "F", "RR"]
     # A folder without the patient table is refused with a message, not a traceback.
     assert builder.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_percentile_among_the_same_sex_uses_only_that_group():
+    table = load_cohort_table()
+    women = sorted(float(row["lesion_volume_ml_mni"]) for row in table if row["sex"] == "F")
+    men = sorted(float(row["lesion_volume_ml_mni"]) for row in table if row["sex"] == "M")
+    # Just above the largest woman's load: 100 among women, less among all (some men have more).
+    volume = women[-1] + 0.01
+    result = lesion_load_percentile(volume, sex="F")
+    assert result["same_sex"] == {"sex": "F", "cohort_size": len(women), "percentile": 100.0}
+    assert len(women) + len(men) == result["cohort_size"]
+    assert lesion_load_percentile(volume, sex="O")["same_sex"] is None
+    assert lesion_load_percentile(volume)["same_sex"] is None

@@ -303,22 +303,35 @@ def load_cohort_table() -> tuple[dict, ...]:
     return tuple(rows)
 
 
-def lesion_load_percentile(volume_ml_mni: float) -> dict:
+def lesion_load_percentile(volume_ml_mni: float, *, sex: str | None = None) -> dict:
     """Where a lesion volume (mL, in MNI template space) lies among the 28 MS patients of open_ms_data.
 
     The percentile is the share of cohort patients with a smaller volume, ties counted half
     (``scipy.stats.percentileofscore(kind="mean")``): 0 below the smallest, 100 above the largest.
-    The cohort is MS patients, not healthy people.
+    The cohort is MS patients, not healthy people. With ``sex`` ("F" or "M", DICOM PatientSex) the
+    result also holds the percentile among the cohort patients of that sex, and how many they are
+    (MS is about three times as common in women, so the two groups differ in size); any other value
+    (e.g. "O", unknown) gives no second figure. Age is not used: 28 patients are too few for bands.
 
     >>> lesion_load_percentile(0.0)["percentile"]
     0.0
+    >>> same_sex = lesion_load_percentile(5.0, sex="F")["same_sex"]
+    >>> same_sex["sex"], same_sex["cohort_size"] < 28
+    ('F', True)
     """
     from scipy.stats import percentileofscore
 
     if not np.isfinite(volume_ml_mni) or volume_ml_mni < 0:
         raise MSToolkitInputError(f"'volume_ml_mni' must be a volume in mL >= 0, got {volume_ml_mni!r}.")
-    cohort = np.array([float(row["lesion_volume_ml_mni"]) for row in load_cohort_table()])
+    table = load_cohort_table()
+    cohort = np.array([float(row["lesion_volume_ml_mni"]) for row in table])
+    same_sex = None
+    if sex in ("F", "M"):
+        group = np.array([float(row["lesion_volume_ml_mni"]) for row in table if row["sex"] == sex])
+        same_sex = {"sex": sex, "cohort_size": int(group.size),
+                    "percentile": round(float(percentileofscore(group, float(volume_ml_mni), kind="mean")), 1)}
     return {"percentile": round(float(percentileofscore(cohort, float(volume_ml_mni), kind="mean")), 1),
+            "same_sex": same_sex,
             "cohort_size": int(cohort.size), "volume_ml_mni": round(float(volume_ml_mni), 3),
             "cohort_median_ml_mni": round(float(np.median(cohort)), 3),
             "cohort": ("open_ms_data cross-sectional cohort: 28 MS patients (patients 07 and 19 have no consensus mask), "
@@ -333,8 +346,11 @@ def lesion_load_percentile(volume_ml_mni: float) -> dict:
 
 def build_report(mask: np.ndarray, probability: np.ndarray, affine: np.ndarray, flair: np.ndarray, *,
                  brain_mask: np.ndarray | None = None, changes: Mapping | None = None, model: Mapping | None = None,
-                 to_mni: np.ndarray | None = None, working_spacing: float = 2.0, iterations: int = 100) -> dict:
+                 to_mni: np.ndarray | None = None, working_spacing: float = 2.0, iterations: int = 100,
+                 patient_sex: str | None = None) -> dict:
     """The whole report.json content of one study (lesions, McDonald areas, DIS, DIT with a prior, lesion load).
+
+    ``patient_sex`` (DICOM PatientSex) adds the lesion-load percentile among patients of that sex.
 
     ``changes``, when the study has a prior, is ``{"new_lesions": int, "enlarging_lesions": int,
     "shrinking_lesions": int, ...}`` from :mod:`mstoolkit.longitudinal.change`: passed through, and
@@ -366,7 +382,7 @@ def build_report(mask: np.ndarray, probability: np.ndarray, affine: np.ndarray, 
         "location_rule": LOCATION_RULE,
         "registration": registration,
         "dissemination_in_space": dissemination_in_space({area: counts[area] for area in MCDONALD_AREAS}),
-        "lesion_load": lesion_load_percentile(volume_ml_mni),
+        "lesion_load": lesion_load_percentile(volume_ml_mni, sex=patient_sex),
     }
     if changes is not None:
         for key in ("new_lesions", "enlarging_lesions"):
@@ -469,6 +485,9 @@ def write_report_html(report: Mapping, flair: np.ndarray, mask: np.ndarray, affi
                  ["total lesion volume, MNI template space (mL)", report.get("total_lesion_volume_ml_mni", "")],
                  ["percentile among MS patients (uses the MNI-space volume)", load["percentile"]],
                  ["cohort size", load["cohort_size"]]]
+    if load.get("same_sex"):
+        load_rows.append([f"percentile among the {load['same_sex']['cohort_size']} patients of sex {load['same_sex']['sex']}",
+                          load["same_sex"]["percentile"]])
     registration = report.get("registration", {})
     warnings = [RESEARCH_WARNING] + list(report.get("warnings", []))
     page = f"""<!DOCTYPE html>

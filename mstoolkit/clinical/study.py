@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pydicom
 
 from mstoolkit.clinical.dicom_series import DicomSeries, find_series, load_series
 from mstoolkit.data.io import MSToolkitInputError, write_atomic
@@ -221,8 +222,10 @@ def run_study(
     flair, affine = load_image(input_paths["FLAIR"])
     mask, _ = load_mask(out / "lesion_mask.nii.gz")
     probability, _ = load_image(out / "lesion_probability.nii.gz")
-    report = build_report(mask, probability, affine, flair, changes=changes,
-                          model=segmentation["model"])
+    # Sex (not an identifier) puts the lesion load among patients of the same sex too.
+    patient_sex = str(pydicom.dcmread(chosen["FLAIR"].files[0], stop_before_pixels=True).get("PatientSex", "") or "")
+    report = build_report(mask, probability, affine, flair, changes=changes, model=segmentation["model"],
+                          patient_sex=patient_sex)
     report["series_used"] = {role: {"series_instance_uid": s.series_uid, "series": s.label} for role, s in chosen.items()}
     report["segmentation_settings"] = segmentation["settings"]
     report["mstoolkit_version"] = __version__
