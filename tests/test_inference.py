@@ -1,4 +1,4 @@
-"""Whole-volume prediction, lesion report, and `mstoolkit segment` on odd, non-RAS grids."""
+"""Whole-volume prediction, lesion report, and `mstoolkit segment` on odd, non-RAS grids; the fast path equals the previous one."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from mstoolkit.segmentation.inference import (
     remove_small_lesions,
     segment_files,
     sliding_window_logits,
+    window_starts,
 )
 from mstoolkit.segmentation.models import build_model, save_model
 
@@ -228,3 +229,108 @@ def test_segment_errors(odd_files, checkpoint, tmp_path, capsys):
     with pytest.raises(MSToolkitInputError, match="expected a 3D volume"):
         segment_files(four_d, tmp_path / "o", t1=odd_files["T1"], model=checkpoint)
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+# --------------------------------------------------------------------------- the fast path equals the previous one
+
+
+def _toy_unet() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("tiny_unet", in_channels=2, features=(4, 8)).eval()  # instance norm: every window's context counts
+
+
+def test_window_starts_are_monais():
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for size, window, overlap in [(180, 96, 0.25), (144, 96, 0.25), (96, 96, 0.25), (20, 7, 0.5), (33, 16, 0.9), (5, 5, 0.0)]:
+        interval = _get_scan_interval((size,), (window,), 1, (overlap,))
+        expected = sorted({s[0].start for s in dense_patch_slices((size,), (window,), interval)})
+        assert window_starts(size, window, overlap) == expected, (size, window, overlap)
+
+
+@pytest.mark.parametrize("batch, windows_at_once, fit", [(1, 1, True), (1, 3, True), (2, 2, False)])
+def test_sliding_window_logits_equals_monais(batch, windows_at_once, fit, one_thread):
+    model = _toy_unet()
+    inputs = torch.randn(batch, 2, 21, 26, 11, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # (12, 12, 16): several windows along x and y; along z larger than the volume
+        ours = sliding_window_logits(model, inputs, (12, 12, 16), 0.25, sw_batch_size=windows_at_once, fit_to_volume=fit)
+        monais = sliding_window_logits(model, inputs, (12, 12, 16), 0.25, sw_batch_size=windows_at_once,
+                                       fit_to_volume=fit, use_monai=True)
+    assert ours.shape == monais.shape == (batch, 1, 21, 26, 11)
+    torch.testing.assert_close(ours, monais, rtol=0, atol=1e-5)
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny windows: on a busy machine two threads wait on each other at every layer (results are the same)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fast_predict_gives_the_previous_mask(one_thread):
+    from mstoolkit.evaluation.metrics import dice
+
+    case = _case((30, 34, 24))
+    model = _toy_unet()
+    model.threshold = 0.5
+    fast_probability, fast_mask = predict(model, case, roi_size=(20, 20, 20), tta=True)  # 8 windows, 4 flips
+    previous_probability, previous_mask = predict(model, case, roi_size=(20, 20, 20), tta=True, fast=False)
+    np.testing.assert_allclose(fast_probability, previous_probability, atol=1e-5)
+    assert fast_mask.any() and dice(fast_mask, previous_mask) >= 0.999
+    assert label_lesions(fast_mask, spacing=case.spacing)[1] == label_lesions(previous_mask, spacing=case.spacing)[1]
+
+
+class _FakeLibc:
+    """Stands in for glibc: records the mallopt calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, option: int, value: int) -> int:
+        self.calls.append((option, value))
+        return 1
+
+
+def test_freed_memory_setting_is_undone_even_on_error(monkeypatch):
+    import mstoolkit.segmentation.inference as inference
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(inference.sys, "platform", "linux")
+    monkeypatch.setattr(inference.ctypes, "CDLL", lambda name: libc)
+    with pytest.raises(RuntimeError), inference.keep_freed_memory_for_reuse():
+        assert libc.calls == [(-3, 1 << 30), (-1, 1 << 30)]  # raised while the windows run
+        raise RuntimeError("a window failed")
+    assert libc.calls[2:] == [(-3, 128 * 1024), (-1, 128 * 1024)]  # glibc's own start values again
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin"])
+def test_fast_predict_without_glibc(platform, monkeypatch):
+    """Where libc.so.6 is not glibc (musl) or not there (macOS, Windows), the fast path runs as it is."""
+    import mstoolkit.segmentation.inference as inference
+
+    def no_glibc(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(inference.sys, "platform", platform)
+    monkeypatch.setattr(inference.ctypes, "CDLL", no_glibc)
+    case = _case()
+    probability, mask = predict(_BrightFlair(), case, roi_size=(16, 16, 16))
+    assert int(mask.sum()) == 49
+    np.testing.assert_allclose(probability, predict(_BrightFlair(), case, roi_size=(16, 16, 16), fast=False)[0], atol=1e-6)
+
+
+def test_fast_predict_does_not_import_monai():
+    """MONAI takes ~2 s to import, a third of `mstoolkit segment`'s time: the fast path does without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from mstoolkit.segmentation.inference import predict; from mstoolkit.data.io import Case; "
+            "import numpy as np; image = np.ones((20, 20, 20), np.float32); image[5:9] = 3; "
+            "model = torch.nn.Conv3d(2, 1, 3, padding=1); model.in_channels = 2; "
+            "predict(model, Case('c', {'FLAIR': image, 'T1': image.copy()}, np.eye(4)), roi_size=(12, 12, 12)); "
+            "print('monai' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
