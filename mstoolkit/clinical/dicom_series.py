@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from mstoolkit.data.io import MSToolkitInputError, write_atomic
 
-__all__ = ["DicomSeries", "DicomFolder", "find_series", "load_series", "write_dicom_series"]
+__all__ = ["DicomSeries", "DicomFolder", "find_series", "load_series", "write_dicom_series", "dcm2niix_executable"]
 
 log = logging.getLogger(__name__)
 
@@ -474,3 +475,20 @@ def write_dicom_series(
         write_atomic(path, lambda tmp, ds=ds: pydicom.dcmwrite(tmp, ds, enforce_file_format=True))
         paths.append(path)
     return paths
+
+
+def dcm2niix_executable() -> str | None:
+    """The dcm2niix program (Li et al. 2016), the converter most research pipelines use, to check ours against.
+
+    The one in its PyPI wheel (a dependency of the toolkit) comes first: a virtual environment's
+    ``bin/`` is often not on PATH (``.venv/bin/python -m pytest``, a Jupyter kernel). Then one on
+    PATH; None when there is neither.
+    """
+    try:
+        import dcm2niix
+
+        if Path(dcm2niix.bin).is_file():
+            return str(dcm2niix.bin)
+    except (ImportError, AttributeError):
+        pass
+    return shutil.which("dcm2niix")

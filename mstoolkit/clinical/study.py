@@ -123,7 +123,7 @@ def protocol_mismatch(prior: DicomSeries, current: DicomSeries, prior_spacing: S
     Lancet Neurol 2021;20:653-670) ask for the same 3D FLAIR protocol at every follow-up.
 
     >>> from pathlib import Path
-    >>> axial = DicomSeries("1", "2", 5, "MR", "Ax T2 FLAIR", "", 9000.0, 120.0, 2250.0, "SE\\IR", "SK", "", "2D", "", "", ())
+    >>> axial = DicomSeries("1", "2", 5, "MR", "Ax T2 FLAIR", "", 9000.0, 120.0, 2250.0, "IR", "SK", "", "2D", "", "", ())
     >>> protocol_mismatch(axial, axial, (1.0, 1.0, 4.5), (1.0, 1.0, 4.5)) is None
     True
     >>> protocol_mismatch(axial, axial, (1.0, 1.0, 4.5), (1.0, 1.0, 1.0)).split(":")[0]
