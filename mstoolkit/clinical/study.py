@@ -83,11 +83,11 @@ def _save_series(series: DicomSeries, path: Path) -> tuple[np.ndarray, np.ndarra
     return image, affine
 
 
-def _prior_changes(prior: str | os.PathLike, flair_path: Path, current_flair: DicomSeries, out_dir: Path,
-                   overrides: Mapping[str, str]) -> dict[str, Any]:
+def _prior_changes(prior: str | os.PathLike, flair_path: Path, current_flair: DicomSeries,
+                   current_spacing: Sequence[float], out_dir: Path, overrides: Mapping[str, str]) -> dict[str, Any]:
     """Compare the prior study's FLAIR with this study's: new and enlarging lesion counts."""
     from mstoolkit.clinical.sequences import choose_series, identify_all
-    from mstoolkit.data.io import load_image, spacing_from_affine
+    from mstoolkit.data.io import spacing_from_affine
     from mstoolkit.longitudinal.change import longitudinal_files
 
     prior_series = study_series(prior, what="the prior study")
@@ -98,7 +98,6 @@ def _prior_changes(prior: str | os.PathLike, flair_path: Path, current_flair: Di
     prior_flair = out_dir / "inputs" / "prior_FLAIR.nii.gz"
     _, prior_affine = _save_series(chosen["FLAIR"], prior_flair)
     prior_spacing = spacing_from_affine(prior_affine)
-    current_spacing = spacing_from_affine(load_image(flair_path)[1])
     change_dir = out_dir / "longitudinal"
     change_dir.mkdir(exist_ok=True)
     change = longitudinal_files(prior_flair, flair_path, change_dir)
@@ -173,7 +172,7 @@ def run_study(
     from mstoolkit.clinical.dicom_out import write_measurement_report, write_segmentation
     from mstoolkit.clinical.report import build_report, write_report_html
     from mstoolkit.clinical.sequences import choose_series, identify_all, parse_series_overrides, series_table
-    from mstoolkit.data.io import load_image, load_mask
+    from mstoolkit.data.io import load_image, load_mask, spacing_from_affine
     from mstoolkit.segmentation.inference import segment_files
     from mstoolkit.segmentation.models import load_model
 
@@ -208,18 +207,21 @@ def run_study(
     input_paths = {}
     for role, chosen_series in chosen.items():
         input_paths[role] = out / "inputs" / f"{role}.nii.gz"
-        _save_series(chosen_series, input_paths[role])
+        image, image_affine = _save_series(chosen_series, input_paths[role])
+        if role == "FLAIR":
+            flair, affine = image, image_affine  # kept for the report; the others are only needed on disk
+        del image
     t = lap("convert", t)
 
     segmentation = segment_files(input_paths["FLAIR"], out, t1=input_paths.get("T1"), t2=input_paths.get("T2"),
                                  model=model, device=device, skull_strip=True, register=True)
     t = lap("segment", t)
 
-    changes = _prior_changes(prior, input_paths["FLAIR"], chosen["FLAIR"], out, overrides) if prior is not None else None
+    changes = _prior_changes(prior, input_paths["FLAIR"], chosen["FLAIR"], spacing_from_affine(affine), out,
+                             overrides) if prior is not None else None
     if changes is not None:
         t = lap("compare_with_prior", t)
 
-    flair, affine = load_image(input_paths["FLAIR"])
     mask, _ = load_mask(out / "lesion_mask.nii.gz")
     probability, _ = load_image(out / "lesion_probability.nii.gz")
     # Sex (not an identifier) puts the lesion load among patients of the same sex too.
