@@ -65,6 +65,27 @@ def run_fresh(script: str, name: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_cli(arguments: list[str], threads: int) -> tuple[float, float]:
+    """Run ``mstoolkit ARGUMENTS`` in a fresh process; return (seconds, peak resident memory in MB).
+
+    The seconds include Python start-up, as a user waits for them; the peak is the child's own.
+    A failing command stops the benchmark with the end of its error output.
+    """
+    import time
+
+    command = [sys.executable, "-c",
+               "import resource, sys; from mstoolkit.cli import main; code = main(sys.argv[1:]); "
+               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)",
+               *arguments]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=thread_env(threads))
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"mstoolkit {arguments[0]} failed:\n{done.stderr[-2000:]}")
+    peak_kb = next(int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("PEAK_KB"))
+    return seconds, peak_kb / 1024
+
+
 def write_json(name: str, data: Any, *, path: str | os.PathLike | None = None) -> Path:
     """Write ``data`` to ``build/benchmarks/NAME.json`` (or ``path``) whole, then rename it.
 

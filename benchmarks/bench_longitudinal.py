@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, limit_threads, thread_env, write_json
+from _common import ROOT, limit_threads, run_cli, write_json
 
 SHARED = ROOT.parent / "shared" / "data" / "open_ms_data" / "longitudinal" / "raw"
 REAL_PATIENTS = ("patient01", "patient03")
@@ -120,21 +118,6 @@ def phantom_test(model_name: str) -> dict:
             "mean_precision": _mean(rows, "precision"), "mean_dice": _mean(rows, "dice")}
 
 
-def _run_cli(arguments: list[str], threads: int) -> tuple[float, float]:
-    """Run ``mstoolkit longitudinal`` in a fresh process; return (seconds, peak resident memory in MB)."""
-    command = [sys.executable, "-c",
-               "import resource, sys; from mstoolkit.cli import main; code = main(sys.argv[1:]); "
-               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)",
-               "longitudinal", *arguments, "--device", "cpu"]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=thread_env(threads))
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"longitudinal failed:\n{done.stderr[-2000:]}")
-    peak_kb = next(int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("PEAK_KB"))
-    return seconds, peak_kb / 1024
-
-
 def _score_real(change_mask: Path, patient: Path, study: str | None) -> dict:
     from mstoolkit.longitudinal.change import score_in_common_space
 
@@ -161,9 +144,9 @@ def real_pairs(threads: int, model_name: str) -> dict:
                     t1_args += [flag, str(patient / f"{study}_T1W.nii.gz")]
             # Raw: the scans as acquired; the command registers them.
             raw_out = tmp / "raw"
-            seconds, peak_mb = _run_cli(["--baseline", str(patient / "study1_FLAIR.nii.gz"),
-                                         "--followup", str(patient / "study2_FLAIR.nii.gz"), "--out", str(raw_out),
-                                         *t1_args, *model_args], threads)
+            seconds, peak_mb = run_cli(["longitudinal", "--baseline", str(patient / "study1_FLAIR.nii.gz"),
+                                        "--followup", str(patient / "study2_FLAIR.nii.gz"), "--out", str(raw_out),
+                                        *t1_args, *model_args, "--device", "cpu"], threads)
             raw = {"seconds": round(seconds, 1), "peak_mb": round(peak_mb), **_score_real(raw_out / "change_mask.nii.gz", patient, "study2")}
             # Co-registered: both FLAIRs resampled into the common space beforehand (FLAIR only:
             # the T1s would need the intra-study transforms too).
@@ -171,9 +154,9 @@ def real_pairs(threads: int, model_name: str) -> dict:
                 image, affine = to_common_space(patient / f"{study}_FLAIR.nii.gz", patient, study, is_mask=False)
                 save_image(tmp / f"{study}_common.nii.gz", image, affine)
             reg_out = tmp / "registered"
-            seconds, peak_mb = _run_cli(["--baseline", str(tmp / "study1_common.nii.gz"),
-                                         "--followup", str(tmp / "study2_common.nii.gz"), "--out", str(reg_out),
-                                         "--registered", "--model", "none"], threads)
+            seconds, peak_mb = run_cli(["longitudinal", "--baseline", str(tmp / "study1_common.nii.gz"),
+                                        "--followup", str(tmp / "study2_common.nii.gz"), "--out", str(reg_out),
+                                        "--registered", "--model", "none", "--device", "cpu"], threads)
             registered = {"seconds": round(seconds, 1), "peak_mb": round(peak_mb), **_score_real(reg_out / "change_mask.nii.gz", patient, None)}
         results[name] = {"raw": raw, "registered": registered}
         print(name, results[name], flush=True)

@@ -14,28 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, thread_env, write_json
-
-
-def _study(arguments: list[str], threads: int) -> tuple[float, float]:
-    """Run ``mstoolkit study ARGUMENTS`` in a fresh process; return (seconds, peak resident memory in MB)."""
-    command = [sys.executable, "-c",
-               "import resource, sys; from mstoolkit.cli import main; code = main(sys.argv[1:]); "
-               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)",
-               "study", *arguments, "--device", "cpu"]
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=thread_env(threads))
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"mstoolkit study failed:\n{result.stderr[-2000:]}")
-    peak_kb = next(int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("PEAK_KB"))
-    return seconds, peak_kb / 1024
+from _common import machine, run_cli, write_json
 
 
 def main() -> None:
@@ -58,7 +41,7 @@ def main() -> None:
         for name, folder, prior in runs:
             out = tmp / "out" / name.split()[0] / ("prior" if prior else "alone")
             arguments = [str(folder), "--out", str(out)] + (["--prior", str(prior)] if prior else [])
-            seconds, peak_mb = _study(arguments, args.threads)
+            seconds, peak_mb = run_cli(["study", *arguments, "--device", "cpu"], args.threads)
             report = json.loads((out / "report.json").read_text())
             rows.append({"study": name, "seconds": round(seconds, 1), "peak_mb": round(peak_mb),
                          "steps_seconds": report["seconds"], "lesion_count": report["lesion_count"],
