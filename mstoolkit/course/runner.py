@@ -399,14 +399,15 @@ def _tags(cell: Any) -> list[str]:
 
 
 def make_student_version(nb: Any) -> Any:
-    """A copy of a notebook without its ``solution`` cells and without outputs.
+    """A copy of a notebook without its ``solution`` and ``instructor`` cells, and without outputs.
 
-    ``exercise`` stubs stay; the cell that calls the ``check_*`` function after
+    ``instructor`` cells hold notes for whoever teaches the session (timing, pitfalls,
+    answers to the thinking questions). ``exercise`` stubs stay; the cell that calls the ``check_*`` function after
     each exercise is tagged ``exercise-check`` (where a student run stops with
     ``NotImplementedError`` until the exercise is done).
     """
     student = copy.deepcopy(nb)
-    cells = [c for c in student.cells if "solution" not in _tags(c)]
+    cells = [c for c in student.cells if not {"solution", "instructor"} & set(_tags(c))]
     after_exercise = False
     for cell in cells:
         if cell.cell_type == "code":
