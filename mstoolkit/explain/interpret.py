@@ -43,7 +43,8 @@ from torch.nn import functional as F
 from mstoolkit.data.io import MSToolkitInputError, bounding_box
 from mstoolkit.segmentation.inference import check_model_inputs
 
-__all__ = ["ATTRIBUTION_METHODS", "candidate_layers", "grad_cam", "hires_cam", "input_attribution"]
+__all__ = ["ATTRIBUTION_METHODS", "candidate_layers", "grad_cam", "grad_cam_from_gradients", "hires_cam",
+           "hires_cam_from_gradients", "input_attribution"]
 
 #: Methods of :func:`input_attribution`.
 ATTRIBUTION_METHODS = ("integrated_gradients", "saliency", "gradient_x_input", "occlusion")
@@ -569,3 +570,48 @@ def tiled_logits(model: nn.Module, x: torch.Tensor, box: tuple[slice, ...], patc
         for patch, inner, out in tiles:
             logits[out] = lesion_logit(model(volume[(slice(None), slice(None)) + patch]))[0][inner].cpu()
     return logits[tuple(slice(0, n) for n in crop.shape[1:])].numpy()
+
+
+# --------------------------------------------------------------------------- the formulas, on one layer's tensors
+
+
+def _check_layer_tensors(activations: torch.Tensor, gradients: torch.Tensor) -> None:
+    if activations.ndim != 4 or activations.shape != gradients.shape:
+        raise MSToolkitInputError("'activations' and 'gradients' must both be shaped (channels, x, y, z), got "
+                                  f"{tuple(activations.shape)} and {tuple(gradients.shape)}.")
+
+
+def grad_cam_from_gradients(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool = True) -> torch.Tensor:
+    """Grad-CAM at a layer's own resolution from its activations and the target's gradients.
+
+    ``ReLU(Σ_k α_k A_k)`` with ``α_k`` the mean of ``∂y/∂A_k`` over space (Selvaraju et al. 2017).
+    Both tensors are shaped (channels, x, y, z), as one forward and backward pass gives them;
+    :func:`grad_cam` does the passes, the tiling and the upsampling for a whole scan.
+
+    >>> activations = torch.ones(2, 2, 2, 2); gradients = torch.stack([torch.ones(2, 2, 2), -torch.ones(2, 2, 2)])
+    >>> float(grad_cam_from_gradients(activations * torch.tensor([3.0, 1.0])[:, None, None, None], gradients).max())
+    2.0
+
+    Introduced in notebook 05 (exercise 1).
+    """
+    _check_layer_tensors(activations, gradients)
+    weights = gradients.mean(dim=(1, 2, 3))  # one weight per channel: its gradient averaged over space
+    cam = torch.einsum("c,cxyz->xyz", weights, activations)
+    return torch.relu(cam) if relu else cam
+
+
+def hires_cam_from_gradients(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool = True) -> torch.Tensor:
+    """HiResCAM at a layer's own resolution: ``ReLU(Σ_k ∂y/∂A_k ⊙ A_k)`` (Draelos & Carin 2020).
+
+    Like :func:`grad_cam_from_gradients`, but the gradient stays voxel by voxel, so gradients that
+    cancel over space do not empty the map.
+
+    >>> activations = torch.ones(1, 2, 1, 1); gradients = torch.tensor([1.0, -1.0]).reshape(1, 2, 1, 1)
+    >>> hires_cam_from_gradients(activations, gradients).flatten().tolist()
+    [1.0, 0.0]
+
+    Introduced in notebook 05 (exercise 2).
+    """
+    _check_layer_tensors(activations, gradients)
+    cam = (gradients * activations).sum(dim=0)
+    return torch.relu(cam) if relu else cam

@@ -36,7 +36,7 @@ from mstoolkit.evaluation.metrics import ndsc_from_counts
 from mstoolkit.segmentation.inference import check_model_inputs, sliding_window_logits
 
 __all__ = ["SAMPLING_METHODS", "UNCERTAINTY_MEASURES", "mc_dropout", "sample_predictions",
-           "uncertainty_maps", "lesion_uncertainty", "retention_curve", "lesion_retention_curve", "plot_retention"]
+           "uncertainty_maps", "lesion_uncertainty", "review_yield", "retention_curve", "lesion_retention_curve", "plot_retention"]
 
 #: Methods of :func:`sample_predictions`.
 SAMPLING_METHODS = ("mc_dropout", "ensemble", "tta")
@@ -329,6 +329,34 @@ def lesion_uncertainty(
         hit = np.unique(labels[check_mask_shape(truth, labels.shape, "truth") & (labels > 0)])
         table["status"] = np.where(np.isin(index, hit), "TP", "FP")
     return table
+
+
+def review_yield(table, reviewed, *, error_status: str = "FP") -> dict[str, Any]:
+    """How many of the model's errors a review of some predicted lesions catches, against chance.
+
+    ``table`` is :func:`lesion_uncertainty`'s (with ``truth``, so it has ``status``); ``reviewed``
+    is a boolean per row (the lesions a rule sends to a radiologist). Returns ``n_lesions``,
+    ``n_reviewed``, ``errors`` (rows with ``error_status``), ``caught`` (errors among the
+    reviewed) and ``random_expected``: the mean number caught by reviewing the same number of
+    lesions picked at random (``n_reviewed × errors / n_lesions``, the hypergeometric mean).
+
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"status": ["TP", "FP", "TP", "FP"], "uncertainty": [0.1, 0.9, 0.2, 0.8]})
+    >>> review_yield(table, table["uncertainty"] > 0.5)["caught"], review_yield(table, table["uncertainty"] > 0.5)["random_expected"]
+    (2, 1.0)
+
+    Introduced in notebook 06 (which lesions to send for review).
+    """
+    if "status" not in table:
+        raise MSToolkitInputError("'table' has no 'status' column: make it with lesion_uncertainty(..., truth=...).")
+    reviewed = np.asarray(reviewed, dtype=bool).ravel()
+    if reviewed.shape != (len(table),):
+        raise MSToolkitInputError(f"'reviewed' must hold one True/False per lesion ({len(table)}), got {reviewed.shape[0]}.")
+    is_error = np.asarray(table["status"] == error_status)
+    n_lesions, n_reviewed, errors = len(table), int(reviewed.sum()), int(is_error.sum())
+    return {"n_lesions": n_lesions, "n_reviewed": n_reviewed, "errors": errors,
+            "caught": int((is_error & reviewed).sum()),
+            "random_expected": n_reviewed * errors / n_lesions if n_lesions else 0.0}
 
 
 # --------------------------------------------------------------------------- error retention
