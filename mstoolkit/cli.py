@@ -86,7 +86,7 @@ def _add_data(sub) -> None:
 
 def _add_notebooks(sub) -> None:
     nb = sub.add_parser("notebooks", help="run the notebooks with papermill, or make student versions")
-    nsub = nb.add_subparsers(dest="notebooks_command", required=True, metavar="{run,student}")
+    nsub = nb.add_subparsers(dest="notebooks_command", required=True, metavar="{run,student,timings}")
     p = nsub.add_parser("run", help="execute notebooks, write executed copies, HTML and summary.json")
     p.add_argument("notebooks", nargs="*", help="notebook files (default: all in notebooks/)")
     p.add_argument("--profile", default="quick", choices=["quick", "workshop", "full"])
@@ -95,11 +95,16 @@ def _add_notebooks(sub) -> None:
     p.add_argument("--data-dir", default=None, help="DATA_DIR passed to every notebook")
     p.add_argument("--dataset", default=None, help="DATASET passed to every notebook (e.g. open_ms_data)")
     p.add_argument("--no-html", action="store_true", help="skip the HTML export")
+    p.add_argument("--version", default="original", choices=["original", "student", "both"],
+                   help="run the notebooks as written, their student versions, or both paths of every exercise")
     p.set_defaults(run=_handler("course.runner", "cli_run"))
     p = nsub.add_parser("student", help="write student versions (solutions removed)")
     p.add_argument("notebooks", nargs="*", help="notebook files (default: all in notebooks/)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_handler("course.runner", "cli_student"))
+    p = nsub.add_parser("timings", help="print seconds per notebook section from a run's summary.json")
+    p.add_argument("summary", help="the summary.json that `mstoolkit notebooks run` wrote")
+    p.set_defaults(run=_handler("course.runner", "cli_timings"))
 
 
 def _add_preprocess(sub) -> None:

@@ -15,10 +15,12 @@ import pytest
 
 from mstoolkit.cli import main
 from mstoolkit.course.runner import (
+    FALLBACK_NOTE,
     REQUIRED_PARAMETERS,
     SETUP_CELL,
     check_notebook_structure,
     cli_run,
+    make_both_paths_version,
     make_student_version,
     notebook_paths,
     repository_url,
@@ -208,38 +210,130 @@ def test_notebook_paths_numeric_order(tmp_path):
 
 # --------------------------------------------------------------------------- student versions
 
-def _exercise_notebook(path: Path) -> Path:
+FALLBACK_CHECK = (
+    "from mstoolkit.course import exercises\n"
+    "with exercises.fallback(globals(), double=lambda x: 2 * x):\n"
+    '    exercises.check_function("double", double, lambda x: 2 * x, [(1,), (3,)])'
+)
+
+
+def _exercise_notebook(path: Path, check: str = FALLBACK_CHECK) -> Path:
     return _write(path, [
         _code(PARAMETERS, "parameters"),
+        nbformat.v4.new_markdown_cell("Allow 5 minutes; the answer is 2 * x.", metadata={"tags": ["instructor"]}),
         _code('def double(x):\n    raise NotImplementedError("Exercise: return 2 * x")', "exercise"),
         _code("def double(x):\n    return 2 * x", "solution"),
-        _code('from mstoolkit.course.exercises import check_function\ncheck_function("double", double, lambda x: 2 * x, [(1,), (3,)])'),
-        _code("print('after the exercise')"),
+        _code(check),
+        _code("print('after the exercise:', double(21))"),
     ])
+
+
+def _outputs(executed: Path) -> list[str]:
+    """The printed text of each cell of an executed notebook (papermill's injected parameters left out)."""
+    cells = [c for c in nbformat.read(executed, as_version=4).cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    return ["".join(o.get("text", "") for o in c.get("outputs", [])) for c in cells]
 
 
 def test_student_version_removes_solutions_and_tags_checks(tmp_path):
     nb = nbformat.read(_exercise_notebook(tmp_path / "01_ex.ipynb"), as_version=4)
-    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="stale")]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="stale")]
     student = make_student_version(nb)
     tags = [c.metadata.get("tags", []) for c in student.cells]
-    assert tags == [["parameters"], ["exercise"], ["exercise-check"], []]
+    assert tags == [["parameters"], ["exercise"], ["exercise-check"], []]  # solution and instructor note gone
     assert all(not c.outputs for c in student.cells)
-    assert len(nb.cells) == 5 and nb.cells[1].outputs  # the original is untouched
+    assert len(nb.cells) == 6 and nb.cells[2].outputs  # the original is untouched
     assert student.metadata["mstoolkit"]["version"] == "student"
 
 
-def test_student_version_fails_at_stub_and_solution_passes(tmp_path):
+def test_student_version_runs_on_with_the_fallback(tmp_path):
     source = _exercise_notebook(tmp_path / "01_ex.ipynb")
     assert main(["notebooks", "student", str(source), "--out", str(tmp_path / "student")]) == 0
-    student = tmp_path / "student" / "01_ex.ipynb"
-    summary = run_notebooks([source, student], out_dir=tmp_path / "b", html=False)
-    solved, unsolved = summary["notebooks"]
-    assert solved["status"] == "ok"
-    assert unsolved["status"] == "failed"
-    assert unsolved["error"]["ename"] == "NotImplementedError"
-    assert unsolved["error"]["evalue"] == "Exercise: return 2 * x"
-    assert unsolved["error"]["cell_tags"] == ["exercise-check"]
+    summary = run_notebooks([tmp_path / "student" / "01_ex.ipynb"], out_dir=tmp_path / "b", html=False)
+    assert summary["notebooks"][0]["status"] == "ok"
+    printed = _outputs(tmp_path / "b" / "notebooks" / "01_ex.ipynb")
+    assert FALLBACK_NOTE in printed[2] and "double is not written yet" in printed[2]
+    assert printed[3].strip() == "after the exercise: 42"  # the cells after it run on the package's answer
+
+
+def test_student_version_without_fallback_stops_at_the_check(tmp_path):
+    bare = 'from mstoolkit.course.exercises import check_function\ncheck_function("double", double, lambda x: 2 * x, [(1,)])'
+    source = _exercise_notebook(tmp_path / "01_ex.ipynb", check=bare)
+    record = run_notebooks([source], out_dir=tmp_path / "b", html=False, version="student")["notebooks"][0]
+    assert record["status"] == "failed" and record["version"] == "student"
+    assert record["error"]["ename"] == "NotImplementedError"
+    assert record["error"]["cell_tags"] == ["exercise-check"]
+
+
+def test_both_paths_version_runs_solution_then_stub(tmp_path):
+    source = _exercise_notebook(tmp_path / "01_ex.ipynb")
+    both = make_both_paths_version(nbformat.read(source, as_version=4))
+    assert [c.metadata.get("tags", []) for c in both.cells] == [
+        ["parameters"], ["solution"], [], ["exercise"], ["exercise-check", "both-paths"], []]
+    summary = run_notebooks([source], out_dir=tmp_path / "b", html=False, version="both")
+    assert summary["version"] == "both" and summary["notebooks"][0]["status"] == "ok"
+    printed = _outputs(tmp_path / "b" / "notebooks" / "01_ex.ipynb")
+    assert "all 2 tests pass" in printed[2] and FALLBACK_NOTE not in printed[2]  # the solution passes its check
+    assert FALLBACK_NOTE in printed[4]  # the stub falls back
+    assert printed[5].strip() == "after the exercise: 42"
+
+
+def test_both_paths_version_catches_a_wrong_solution(tmp_path):
+    source = _exercise_notebook(tmp_path / "01_ex.ipynb")
+    nb = nbformat.read(source, as_version=4)
+    nb.cells[3].source = "def double(x):\n    return x + 2"  # right for x = 2 only
+    nbformat.write(nb, source)
+    record = run_notebooks([source], out_dir=tmp_path / "b", html=False, version="both")["notebooks"][0]
+    assert record["status"] == "failed" and record["error"]["ename"] == "ExerciseError"
+
+
+def test_unknown_version_rejected(tmp_path):
+    nb = _write(tmp_path / "01_x.ipynb", [_code(PARAMETERS, "parameters")])
+    with pytest.raises(MSToolkitInputError, match=r"'version' must be one of original, student, both, got 'teacher'"):
+        run_notebooks([nb], out_dir=tmp_path / "b", version="teacher")
+
+
+# --------------------------------------------------------------------------- seconds per section
+
+def test_section_timings_in_summary_and_printed(tmp_path, capsys):
+    def markdown(text):
+        return nbformat.v4.new_markdown_cell(text)
+
+    nb = _write(tmp_path / "01_timed.ipynb", [
+        markdown("# 01 · Title"), _code(PARAMETERS, "parameters"),
+        markdown("## 1. Quick\nprose"), _code("x = 1"),
+        markdown("### 1.1 A subsection stays in its section"), _code("import time; time.sleep(0.8)"),
+        markdown("Prose mentioning ## not at the start"), _code("time.sleep(0.4)"),
+        markdown("## 2. Slow"), _code("time.sleep(1.6)"), _code("y = 2"),
+        markdown("## Key points"),
+    ])
+    assert main(["notebooks", "run", str(nb), "--out", str(tmp_path / "b"), "--no-html"]) == 0
+    record = json.loads((tmp_path / "b" / "summary.json").read_text())["notebooks"][0]
+    sections = {s["section"]: s for s in record["sections"]}
+    assert list(sections) == ["(introduction)", "1. Quick", "2. Slow", "Key points"]
+    assert [s["cells"] for s in sections.values()] == [2, 3, 2, 0]  # introduction: parameters + papermill's injected cell
+    assert 1.2 <= sections["1. Quick"]["seconds"] < sections["2. Slow"]["seconds"] < 4
+    assert sections["Key points"]["seconds"] == 0
+    assert sum(s["seconds"] for s in sections.values()) <= record["seconds"]
+    capsys.readouterr()
+    assert main(["notebooks", "timings", str(tmp_path / "b" / "summary.json")]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"1\.\d s  2\. Slow", printed) and "01_timed.ipynb  (ok" in printed
+
+
+def test_section_timings_of_a_failed_run_count_cells_not_run_as_zero(tmp_path):
+    nb = _write(tmp_path / "01_f.ipynb", [
+        _code(PARAMETERS, "parameters"), nbformat.v4.new_markdown_cell("## 1. Breaks"), _code("1 / 0"),
+        nbformat.v4.new_markdown_cell("## 2. Never reached"), _code("import time; time.sleep(5)"),
+    ])
+    record = run_notebooks([nb], out_dir=tmp_path / "b", html=False)["notebooks"][0]
+    assert record["status"] == "failed"
+    assert [s["section"] for s in record["sections"]] == ["(introduction)", "1. Breaks", "2. Never reached"]
+    assert record["sections"][-1]["seconds"] == 0
+
+
+def test_timings_cli_explains_a_missing_summary(tmp_path, capsys):
+    assert main(["notebooks", "timings", str(tmp_path / "summary.json")]) != 0
+    assert "run `mstoolkit notebooks run --out DIR` first" in capsys.readouterr().err
 
 
 def test_write_student_versions_missing_file(tmp_path):

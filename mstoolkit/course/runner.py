@@ -7,6 +7,13 @@ profile and writes, under the output folder, ``notebooks/`` (executed copies),
 03's model reaches 04–06) and ``summary.json`` (status, seconds, peak memory
 and error of each notebook). A failing notebook does not stop the run.
 ``mstoolkit notebooks student`` writes student versions (solutions removed).
+Each record of the summary also holds ``sections``: seconds per section (a Markdown
+cell starting with ``## ``), from papermill's per-cell timings;
+``mstoolkit notebooks timings build/summary.json`` prints them.
+``run_notebooks(..., version="student")`` runs the student versions;
+``version="both"`` runs each exercise twice in one pass: the solution with its check,
+then the stub with its check, so the fallback note appears and the rest of the
+notebook runs on the package's answer, as a student's Run-All does.
 Introduced in notebook 01; the instructor guide explains the summary.
 """
 
@@ -36,8 +43,15 @@ from mstoolkit.data.io import MSToolkitInputError, write_atomic
 __all__ = [
     "SETUP_CELL", "REQUIRED_PARAMETERS", "notebook_paths", "repository_url", "setup_cell_source", "run_notebooks",
     "cli_run", "make_student_version", "write_student_versions", "cli_student", "check_notebook_structure",
-    "REAL_DATA_TAG", "real_data_sections",
+    "REAL_DATA_TAG", "real_data_sections", "section_timings", "print_section_timings", "cli_timings",
+    "make_both_paths_version", "NOTEBOOK_VERSIONS", "FALLBACK_NOTE",
 ]
+
+#: What ``run_notebooks(version=...)`` executes: the notebook as written, its student version, or both paths.
+NOTEBOOK_VERSIONS = ("original", "student", "both")
+
+#: Printed by :func:`mstoolkit.course.exercises.fallback` when a stub is not written yet.
+FALLBACK_NOTE = "not written yet"
 
 #: Names every notebook's ``parameters`` cell must assign.
 REQUIRED_PARAMETERS = ("PROFILE", "DATA_DIR", "OUTPUT_DIR", "DEVICE", "SEED")
@@ -264,7 +278,67 @@ def real_data_sections(executed: str | os.PathLike) -> list[str]:
     return [section for section in ran if section not in failed]
 
 
-def _run_one(path: Path, out: Path, parameters: dict[str, Any], timeout: float, html: bool) -> dict[str, Any]:
+_SECTION = re.compile(r"^##\s+(.*\S)")
+
+
+def section_timings(executed: str | os.PathLike) -> list[dict[str, Any]]:
+    """Seconds per section of an executed notebook, from papermill's per-cell ``duration``.
+
+    A section starts at a Markdown cell whose first line starts with ``## `` and runs to the
+    next one; cells before the first are ``"(introduction)"``. Cells that did not run (after a
+    failure) count 0 s. Returns ``[{"section", "seconds", "cells"}, ...]`` in notebook order.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    sections = [{"section": "(introduction)", "seconds": 0.0, "cells": 0}]
+    for cell in nb.cells:
+        first_line = cell.source.lstrip().splitlines()[0] if cell.source.strip() else ""
+        heading = _SECTION.match(first_line) if cell.cell_type == "markdown" else None
+        if heading:
+            sections.append({"section": heading.group(1), "seconds": 0.0, "cells": 0})
+        elif cell.cell_type == "code":
+            duration = cell.get("metadata", {}).get("papermill", {}).get("duration")
+            sections[-1]["seconds"] += float(duration or 0.0)
+            sections[-1]["cells"] += 1
+    for section in sections:
+        section["seconds"] = round(section["seconds"], 2)
+    return [s for s in sections if s["cells"] or s["section"] != "(introduction)"]
+
+
+def print_section_timings(summary: dict[str, Any]) -> None:
+    """Print each notebook's seconds per section (the ``sections`` of a run summary)."""
+    print(f"profile {summary.get('profile')}: seconds per section (kernel start and HTML export not included)")
+    for record in summary["notebooks"]:
+        sections = record.get("sections") or []
+        print(f"{record['notebook']}  ({record['status']}, {record['seconds']:.0f} s in all)")
+        for section in sections:
+            print(f"  {section['seconds']:>8.1f} s  {section['section']}")
+        if not sections:
+            print("  (no per-cell timings: the notebook did not run)")
+
+
+def cli_timings(args) -> int:
+    """``mstoolkit notebooks timings build/summary.json``: the per-section table of a run."""
+    path = Path(args.summary)
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' does not exist: run `mstoolkit notebooks run --out DIR` first, then pass DIR/summary.json.")
+    print_section_timings(json.loads(path.read_text(encoding="utf-8")))
+    return 0
+
+
+def _prepared(path: Path, version: str) -> Any:
+    """The notebook to execute: the file itself, or its student or both-paths version (a NotebookNode)."""
+    if version == "original":
+        return str(path)
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return make_student_version(nb) if version == "student" else make_both_paths_version(nb)
+
+
+def _run_one(path: Path, out: Path, parameters: dict[str, Any], timeout: float, html: bool,
+             version: str = "original") -> dict[str, Any]:
     import papermill
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
@@ -273,13 +347,13 @@ def _run_one(path: Path, out: Path, parameters: dict[str, Any], timeout: float, 
     # papermill writes this file cell by cell (kept, with the error, when a cell fails); renamed once the run ends
     partial = executed.with_name(f".{path.stem}.partial.ipynb")
     partial.parent.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"notebook": path.name, "path": str(path), "status": "ok", "error": None}
+    record: dict[str, Any] = {"notebook": path.name, "path": str(path), "version": version, "status": "ok", "error": None}
     start = time.monotonic()
     deadline = start + timeout  # per notebook: its cells share it
     with _peak_memory() as memory:
         try:
             papermill.execute_notebook(
-                str(path), str(partial), parameters=parameters, kernel_name="python3", language="python",
+                _prepared(path, version), str(partial), parameters=parameters, kernel_name="python3", language="python",
                 cwd=str(path.parent), progress_bar=False, start_timeout=120,
                 timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
             )
@@ -296,6 +370,7 @@ def _run_one(path: Path, out: Path, parameters: dict[str, Any], timeout: float, 
         os.replace(partial, executed)
         record["executed"] = str(executed.relative_to(out))
         record["real_data_sections"] = real_data_sections(executed)
+        record["sections"] = section_timings(executed)
         if html:
             target = out / "html" / f"{path.stem}.html"
             record["html_error"] = _export_html(executed, target)
@@ -311,6 +386,7 @@ def run_notebooks(
     timeout: float = 1800,
     parameters: dict[str, Any] | None = None,
     html: bool = True,
+    version: str = "original",
 ) -> dict[str, Any]:
     """Execute notebooks in numeric order with papermill and write executed copies, HTML and summary.json.
 
@@ -328,6 +404,10 @@ def run_notebooks(
         Extra or overriding notebook parameters, e.g. ``{"DATA_DIR": "...", "DATASET": "open_ms_data"}``.
     html
         Also export each executed notebook as HTML.
+    version
+        ``"original"`` (the notebooks as written), ``"student"`` (solutions and instructor
+        notes removed: every exercise runs on its fallback) or ``"both"`` (each exercise's
+        solution and check, then its stub and check: :func:`make_both_paths_version`).
 
     Returns
     -------
@@ -339,13 +419,15 @@ def run_notebooks(
         raise MSToolkitInputError(f"'profile' must be one of {', '.join(PROFILES)}, got {profile!r}.")
     if not timeout or timeout <= 0:
         raise MSToolkitInputError(f"'timeout' must be a positive number of seconds, got {timeout!r}.")
+    if version not in NOTEBOOK_VERSIONS:
+        raise MSToolkitInputError(f"'version' must be one of {', '.join(NOTEBOOK_VERSIONS)}, got {version!r}.")
     notebooks = sorted(_existing_notebooks(paths), key=_order_key)
 
     out = Path(out_dir).resolve()
     run_parameters = {"PROFILE": profile, "OUTPUT_DIR": str(out / "outputs"), "DEVICE": "auto", "SEED": 0}
     run_parameters.update(parameters or {})
     Path(run_parameters["OUTPUT_DIR"]).mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"profile": profile, "parameters": run_parameters, "versions": _versions(),
+    summary: dict[str, Any] = {"profile": profile, "version": version, "parameters": run_parameters, "versions": _versions(),
                                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                "kernel_python": sys.executable, "notebooks": []}
     # Kernel "python3" = this interpreter, whatever kernelspecs exist; figures inline even under MPLBACKEND=Agg.
@@ -354,7 +436,7 @@ def run_notebooks(
         bar = tqdm(notebooks, desc=f"notebooks ({profile})", unit="notebook")
         for nb_path in bar:
             bar.set_postfix_str(nb_path.name)
-            summary["notebooks"].append(_run_one(nb_path, out, run_parameters, timeout, html))
+            summary["notebooks"].append(_run_one(nb_path, out, run_parameters, timeout, html, version))
             summary["totals"] = _totals(summary["notebooks"])
             _write_file(out / "summary.json", json.dumps(summary, indent=2))  # progress is visible
     return summary
@@ -386,7 +468,8 @@ def cli_run(args) -> int:
     if getattr(args, "data_dir", None):
         parameters["DATA_DIR"] = str(Path(args.data_dir).resolve())
     summary = run_notebooks(args.notebooks or None, profile=args.profile, out_dir=args.out, parameters=parameters,
-                            timeout=getattr(args, "timeout", 1800), html=not getattr(args, "no_html", False))
+                            timeout=getattr(args, "timeout", 1800), html=not getattr(args, "no_html", False),
+                            version=getattr(args, "version", "original"))
     _print_table(summary)
     print(f"summary: {Path(args.out).resolve() / 'summary.json'}")
     return 1 if summary["totals"]["failed"] else 0
@@ -403,8 +486,8 @@ def make_student_version(nb: Any) -> Any:
 
     ``instructor`` cells hold notes for whoever teaches the session (timing, pitfalls,
     answers to the thinking questions). ``exercise`` stubs stay; the cell that calls the ``check_*`` function after
-    each exercise is tagged ``exercise-check`` (where a student run stops with
-    ``NotImplementedError`` until the exercise is done).
+    each exercise is tagged ``exercise-check``: it runs inside ``exercises.fallback``, so while a
+    stub raises ``NotImplementedError`` the run goes on with the package's answer and says so.
     """
     student = copy.deepcopy(nb)
     cells = [c for c in student.cells if not {"solution", "instructor"} & set(_tags(c))]
@@ -418,6 +501,44 @@ def make_student_version(nb: Any) -> Any:
     student.cells = cells
     student.metadata.setdefault("mstoolkit", {})["version"] = "student"
     return student
+
+
+def make_both_paths_version(nb: Any) -> Any:
+    """A copy in which each exercise runs twice: as the solution, then as the student's stub.
+
+    Each ``exercise`` / ``solution`` / check triple becomes solution → check → stub → check:
+    the first check proves the solution passes; the second sees the stub's
+    ``NotImplementedError``, so its :func:`~mstoolkit.course.exercises.fallback` prints its
+    note and rebinds the names to the package's answer, and every later cell runs on that
+    answer, as in a student's Run-All. Instructor notes are dropped, as in the student version.
+    One papermill run thus checks what a run of the notebook and one of its student version
+    would check separately (the CI's quick run uses it). The stub and its second check are
+    tagged ``exercise`` and ``exercise-check``; the repeated check is also tagged ``both-paths``.
+    """
+    both = copy.deepcopy(nb)
+    cells = [c for c in both.cells if "instructor" not in _tags(c)]
+    result, k = [], 0
+    while k < len(cells):
+        cell = cells[k]
+        follows = cells[k + 1 : k + 3]
+        if ("exercise" in _tags(cell) and len(follows) == 2 and "solution" in _tags(follows[0])
+                and follows[1].cell_type == "code" and _CHECK_CALL.search(follows[1].source)):
+            solution, check = follows
+            again = copy.deepcopy(check)
+            again.metadata["tags"] = _tags(check) + ["exercise-check", "both-paths"]
+            if "id" in again:  # cell ids must stay unique (nbformat ≥ 4.5)
+                again["id"] = f"{check['id'][:20]}-again"
+            result += [solution, check, cell, again]
+            k += 3
+        else:
+            result.append(cell)
+            k += 1
+    for cell in result:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    both.cells = result
+    both.metadata.setdefault("mstoolkit", {})["version"] = "both"
+    return both
 
 
 def write_student_versions(paths: list[str | os.PathLike] | None, out_dir: str | os.PathLike) -> list[Path]:
