@@ -1,6 +1,15 @@
 """The course notebooks: structure, a papermill `quick` run of each, the Colab setup cell, student versions.
 
 Tests marked ``notebook`` execute notebooks (minutes); ``pytest -m "not notebook"`` skips them.
+
+The quick run executes each notebook's *both-paths* version (``runner.make_both_paths_version``):
+every exercise's solution and its check, then its stub and its check again. One run per
+notebook thus proves that the solutions pass their checks (what a run of the notebooks
+proves) and that each stub falls back to the package's answer with a visible note, so that
+every later cell runs as in a student's Run-All (what a run of the student versions proves),
+for the price of the repeated check cells instead of a second run of every notebook. One
+student version (notebook 01's; all with ``MSTOOLKIT_TEST_ALL_STUDENT=1``) is also run as
+students get it, to catch a later cell that leans on a name only a solution cell defines.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import nbformat
 import pytest
 
 from mstoolkit.course.runner import (
+    FALLBACK_NOTE,
     REQUIRED_PARAMETERS,
     check_notebook_structure,
     make_student_version,
@@ -95,19 +105,37 @@ def test_notebook_in_readme_table(name):
 
 # --------------------------------------------------------------------------- (b) papermill quick run
 
+def _selected_notebooks(session) -> list[Path]:
+    """The notebooks the selected quick-run tests ask about (all, when a test needs the whole run)."""
+    wanted = set()
+    for item in session.items:
+        if "quick_run" not in getattr(item, "fixturenames", ()):
+            continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "name" not in params:
+            return NOTEBOOKS
+        wanted.add(params["name"])
+    return [p for p in NOTEBOOKS if p.name in wanted]
+
+
 @pytest.fixture(scope="session")
-def quick_run(data_cache) -> tuple[dict, Path]:
-    """Every notebook in one run, in numeric order, so 03's model reaches 04–06.
+def quick_run(request, data_cache) -> tuple[dict, Path]:
+    """The both-paths version of every notebook in one run, in numeric order, so 03's model reaches 04–06.
 
     The executed notebooks, their HTML and summary.json stay in build/quick/ (the
-    browser test opens the HTML; CI keeps them as artifacts).
+    browser test opens the HTML; CI keeps them as artifacts). When only some notebooks'
+    tests are selected (``-k 01_``), only those run, into a temporary folder.
     """
-    if not NOTEBOOKS:
+    notebooks = _selected_notebooks(request.session)
+    if not notebooks:
         pytest.skip("no notebooks yet")
-    out = ROOT / "build" / "quick"
-    shutil.rmtree(out, ignore_errors=True)
+    if notebooks == NOTEBOOKS:
+        out = ROOT / "build" / "quick"
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        out = request.config._tmp_path_factory.mktemp("quick")
     with _data_cache(data_cache):
-        summary = run_notebooks(NOTEBOOKS, profile="quick", out_dir=out, timeout=QUICK_TIMEOUT)
+        summary = run_notebooks(notebooks, profile="quick", out_dir=out, timeout=QUICK_TIMEOUT, version="both")
     return summary, out
 
 
@@ -121,6 +149,31 @@ def test_quick_run(quick_run, name):
         f"{name} {record['status']} in cell {error.get('cell_index')}:\n{error.get('cell_source')}\n{error.get('traceback')}"
     )
     assert record["seconds"] > 0 and record["peak_memory_mb"] > 0
+    assert record["sections"] and all(section["seconds"] >= 0 for section in record["sections"])
+
+
+def _printed(cell) -> str:
+    return "".join(o.get("text", "") + "".join(o.get("data", {}).get("text/plain", "")) for o in cell.get("outputs", []))
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NAMES)
+def test_quick_run_solutions_pass_and_stubs_fall_back(quick_run, name):
+    """Each exercise ran twice: its solution passed the check, then its stub fell back with a visible note."""
+    summary, out = quick_run
+    record = {r["notebook"]: r for r in summary["notebooks"]}[name]
+    executed = nbformat.read(out / record["executed"], as_version=4).cells
+    n_exercises = sum("exercise" in _tags(c) for c in _read(name).cells)
+    student_checks = [c for c in executed if "both-paths" in _tags(c)]
+    assert len(student_checks) == n_exercises, f"{name}: {len(student_checks)} of {n_exercises} exercises ran as a student"
+    for cell in student_checks:
+        assert FALLBACK_NOTE in _printed(cell), (
+            f"{name}: this check did not fall back to the package's answer while the stub raises "
+            f"NotImplementedError (wrap it in `with exercises.fallback(globals(), name=package_function):`):\n{cell.source}"
+        )
+    solution_checks = [executed[i + 1] for i, c in enumerate(executed) if "solution" in _tags(c)]
+    for cell in solution_checks:
+        assert FALLBACK_NOTE not in _printed(cell), f"{name}: the solution itself raised NotImplementedError:\n{cell.source}"
 
 
 @pytest.mark.notebook
@@ -129,7 +182,7 @@ def test_quick_run_summary(quick_run):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert [r["notebook"] for r in on_disk["notebooks"]] == NAMES
-    assert on_disk["profile"] == "quick" and on_disk["parameters"]["OUTPUT_DIR"] == str(out.resolve() / "outputs")
+    assert on_disk["profile"] == "quick" and on_disk["version"] == "both" and on_disk["parameters"]["OUTPUT_DIR"] == str(out.resolve() / "outputs")
     assert on_disk["totals"]["notebooks"] == len(NAMES)
     assert on_disk["totals"]["ok"] + on_disk["totals"]["failed"] == len(NAMES)
     assert on_disk["versions"]["mstoolkit"]
@@ -217,22 +270,38 @@ def test_every_exercise_has_solution_and_check(name):
         assert re.search(r"\bcheck_\w*\s*\(", code[i + 2].source), f"{name}: exercise {i} has no check_* call after its solution"
 
 
+_FALLBACK = re.compile(r"\bexercises\.fallback\(\s*globals\(\)\s*,\s*\w+\s*=|\bfallback\(\s*globals\(\)\s*,\s*\w+\s*=")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_check_after_an_exercise_has_a_fallback(name):
+    """A student's Run-All goes on past an unsolved exercise only if its check runs inside exercises.fallback."""
+    code = [c for c in _read(name).cells if c.cell_type == "code"]
+    missing = [i for i, c in enumerate(code) if "exercise" in _tags(c) and i + 2 < len(code) and not _FALLBACK.search(code[i + 2].source)]
+    assert not missing, (
+        f"{name}: the check after exercise code cell(s) {missing} has no `with exercises.fallback(globals(), "
+        "name=package_function):`, so a student version stops there"
+    )
+
+
 def test_student_versions_generated_for_all(tmp_path):
     written = write_student_versions(NOTEBOOKS, tmp_path) if NOTEBOOKS else []
     assert [p.name for p in written] == NAMES
     for path in written:
         student = nbformat.read(path, as_version=4)
         original = _read(path.name)
-        assert not [c for c in student.cells if "solution" in _tags(c)], f"{path.name}: solution left"
+        assert not [c for c in student.cells if {"solution", "instructor"} & set(_tags(c))], f"{path.name}: solution or note left"
         n_exercises = sum("exercise" in _tags(c) for c in original.cells)
+        n_dropped = sum(bool({"solution", "instructor"} & set(_tags(c))) for c in original.cells)
         assert sum("exercise" in _tags(c) for c in student.cells) == n_exercises
         assert sum("exercise-check" in _tags(c) for c in student.cells) == n_exercises
-        assert len(student.cells) == len(original.cells) - n_exercises
+        assert len(student.cells) == len(original.cells) - n_dropped
         assert student == make_student_version(original)
 
 
 def _student_cases() -> list[str]:
-    # A student run costs everything up to its first exercise: notebook 01 always, all on request.
+    # The both-paths quick run covers every notebook's student path; one real student version
+    # (notebook 01's, the cheapest) is run as students get it; all on request.
     if os.environ.get("MSTOOLKIT_TEST_ALL_STUDENT"):
         return NAMES
     return [n for n in NAMES if n.startswith("01_")]
@@ -240,24 +309,20 @@ def _student_cases() -> list[str]:
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", _student_cases())
-def test_student_version_fails_only_at_exercise(name, tmp_path, data_cache):
-    (student,) = write_student_versions([ROOT / "notebooks" / name], tmp_path / "student")
+def test_student_version_runs_to_the_end(name, tmp_path, data_cache):
     with _data_cache(data_cache):
-        summary = run_notebooks([student], profile="quick", out_dir=tmp_path / "build", timeout=QUICK_TIMEOUT, html=False)
+        summary = run_notebooks([ROOT / "notebooks" / name], profile="quick", out_dir=tmp_path / "build",
+                                timeout=QUICK_TIMEOUT, html=False, version="student")
     record = summary["notebooks"][0]
-    cells = nbformat.read(student, as_version=4).cells
-    if not any("exercise" in _tags(c) for c in cells):
-        assert record["status"] == "ok"
-        return
     error = record["error"] or {}
-    assert record["status"] == "failed", f"{name}: the student version ran through its exercise stubs"
-    assert error["ename"] == "NotImplementedError", f"{name} failed before its exercises:\n{error['traceback']}"
-    assert {"exercise", "exercise-check"} & set(error["cell_tags"]), (
-        f"{name}: NotImplementedError outside an exercise cell:\n{error['cell_source']}"
+    assert record["status"] == "ok", (
+        f"{name}: the student version stopped in cell {error.get('cell_index')} {error.get('cell_tags')}:\n"
+        f"{error.get('cell_source')}\n{error.get('traceback')}"
     )
     executed = nbformat.read(tmp_path / "build" / "notebooks" / name, as_version=4).cells
-    first_exercise = next(i for i, c in enumerate(executed) if "exercise" in _tags(c))
-    assert error["cell_index"] >= first_exercise, f"{name} failed before its first exercise"
+    assert not [c for c in executed if "instructor" in _tags(c)]
+    checks = [c for c in executed if "exercise-check" in _tags(c)]
+    assert checks and all(FALLBACK_NOTE in _printed(c) for c in checks), f"{name}: a check did not say it fell back"
 
 
 # --------------------------------------------------------------------------- real data
