@@ -183,6 +183,10 @@ def _add_longitudinal(sub) -> None:
                    help="the scans are already skull stripped (brain = non-zero voxels); default: atlas skull stripping")
     p.add_argument("--model", default="none",
                    help="'none' (FLAIR intensity only; the default, best on the phantom selection pairs), 'reference' or a checkpoint path")
+    p.add_argument("--method", choices=("statistical", "learned"), default="statistical",
+                   help="what decides growth: the statistical change map (default) or the change network trained on phantom pairs")
+    p.add_argument("--change-model", default=None,
+                   help="with --method learned: a checkpoint from benchmarks/train_change_model.py (default: the shipped one)")
     p.add_argument("--min-size-mm3", type=float, default=3.0,
                    help="ignore changes smaller than this (default 3 mm³, as anima / MSSEG-2)")
     p.add_argument("--enlarging-ratio", type=float, default=1.5,

@@ -58,7 +58,7 @@ from mstoolkit.data.io import MSToolkitInputError, check_same_grid, spacing_from
 __all__ = [
     "NEW", "ENLARGING", "SHRINKING", "CLASS_NAMES",
     "DEFAULT_CHANGE_Z", "DEFAULT_HYPERINTENSITY_Z", "DEFAULT_SMOOTHING_MM", "DEFAULT_EDGE_MM",
-    "DEFAULT_MIN_SIZE_MM3", "DEFAULT_ENLARGING_RATIO", "DEFAULT_MODEL",
+    "DEFAULT_MIN_SIZE_MM3", "DEFAULT_ENLARGING_RATIO", "DEFAULT_MODEL", "METHODS", "DEFAULT_METHOD",
     "ChangeResult", "robust_zscore", "normal_appearing_tissue", "change_z_map", "classify_changes",
     "detect_changes", "longitudinal_files", "cli_longitudinal", "to_common_space", "score_in_common_space", "score_phantom_pair",
 ]
@@ -88,6 +88,9 @@ DEFAULT_ENLARGING_RATIO = 1.5
 #: 0.50 without the model, 0.44 with the reference model (the held-out phantom and real pairs
 #: agreed; benchmarks/bench_longitudinal.py --model reference|none).
 DEFAULT_MODEL = "none"
+#: What decides growth: the statistical map or the learned detector (:mod:`mstoolkit.longitudinal.learned`).
+METHODS = ("statistical", "learned")
+DEFAULT_METHOD = "statistical"
 
 _MAD_TO_SD = 1.4826  # scaled median absolute deviation = standard deviation for a normal distribution
 
@@ -107,6 +110,7 @@ class ChangeResult:
     transform : (4, 4) baseline world → follow-up world (RAS mm); identity when already registered
     registration_quality : Pearson correlation of the two FLAIRs inside the brain after registration
     notes : what was done or skipped, in words (e.g. "model not used: ...")
+    growth_probability : float32 (x, y, z) from the learned detector (``method="learned"``), else None
     """
 
     labels: np.ndarray
@@ -118,6 +122,7 @@ class ChangeResult:
     transform: np.ndarray
     registration_quality: float
     notes: list[str] = field(default_factory=list)
+    growth_probability: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- the steps
@@ -191,6 +196,7 @@ def classify_changes(
     change_z_threshold: float = DEFAULT_CHANGE_Z,
     min_size_mm3: float = DEFAULT_MIN_SIZE_MM3,
     enlarging_ratio: float = DEFAULT_ENLARGING_RATIO,
+    appeared: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Sort changed voxels into lesion-wise classes.
 
@@ -209,6 +215,9 @@ def classify_changes(
         *enlarging* when (V + appeared) / V >= ratio; a disappeared one makes it *shrinking*
         when V / (V - disappeared) >= ratio, *resolved* when almost nothing is left. Smaller
         changes are *stable* and not reported.
+    appeared : optional boolean mask of appeared tissue that replaces the thresholded map
+        (the learned detector's growth, :mod:`mstoolkit.longitudinal.learned`); disappeared
+        tissue still comes from ``change_z``
 
     Returns
     -------
@@ -222,7 +231,9 @@ def classify_changes(
         raise MSToolkitInputError(f"'min_size_mm3' must be 0 or more, got {min_size_mm3!r}.")
     voxel_mm3 = float(np.prod(spacing_from_affine(affine)))
     brain = brain > 0
-    appeared = brain & (change_z > change_z_threshold) & lesion_followup
+    if appeared is None:
+        appeared = (change_z > change_z_threshold) & lesion_followup
+    appeared = brain & appeared
     disappeared = brain & (change_z < -change_z_threshold) & lesion_baseline
     base_labels, _ = _components(lesion_baseline & brain)
     follow_labels, _ = _components(lesion_followup & brain)
@@ -340,6 +351,8 @@ def detect_changes(
     edge_mm: float = DEFAULT_EDGE_MM,
     min_size_mm3: float = DEFAULT_MIN_SIZE_MM3,
     enlarging_ratio: float = DEFAULT_ENLARGING_RATIO,
+    method: str = DEFAULT_METHOD,
+    change_network: tuple[Any, dict] | None = None,
 ) -> ChangeResult:
     """New, enlarging and shrinking lesions between two FLAIR scans, on the follow-up grid.
 
@@ -359,10 +372,17 @@ def detect_changes(
     device : where the model runs
     change_z, hyperintensity_z, smoothing_mm, edge_mm, min_size_mm3, enlarging_ratio : see the
         module's DEFAULT_* constants (each says where its value comes from) and :func:`classify_changes`
+    method : ``"statistical"`` (the scaled difference and FLAIR hyperintensity decide growth) or
+        ``"learned"`` (a network on both scans and their difference decides it,
+        :mod:`mstoolkit.longitudinal.learned`); shrinking comes from the statistical map in both
+    change_network : ``(network, config)`` from :func:`mstoolkit.longitudinal.learned.load_change_model`
+        for ``method="learned"`` (default: the shipped weights); its config's ``threshold`` applies
     """
     from mstoolkit.preprocessing.preprocess import n4_correct
     from mstoolkit.preprocessing.registration import register, resample_to_reference
 
+    if method not in METHODS:
+        raise MSToolkitInputError(f"unknown change method {method!r}; allowed: {', '.join(METHODS)}.")
     baseline = _check_scan(baseline, "baseline FLAIR")
     followup = _check_scan(followup, "follow-up FLAIR")
     notes: list[str] = []
@@ -418,12 +438,22 @@ def detect_changes(
             lesion_baseline, lesion_followup = lesion_baseline | masks[0], lesion_followup | masks[1]
             notes.append("lesion-like = FLAIR hyperintense OR lesion by the model, at each time point")
 
+    appeared = probability = None
+    if method == "learned":
+        from mstoolkit.longitudinal.learned import growth_probability, load_change_model, network_inputs
+
+        network, config = change_network if change_network is not None else load_change_model(device=device)
+        inputs = network_inputs(baseline_on_grid, followup, scaled, brain)
+        probability = growth_probability(network, inputs, spacing, device=device)
+        appeared = probability > float(config["threshold"])
+        notes.append(f"growth from the change network (probability > {config['threshold']}); shrinking from the "
+                     "statistical map")
     labels, lesions = classify_changes(scaled, lesion_baseline, lesion_followup, brain, followup_affine,
                                        change_z_threshold=change_z, min_size_mm3=min_size_mm3,
-                                       enlarging_ratio=enlarging_ratio)
+                                       enlarging_ratio=enlarging_ratio, appeared=appeared)
     return ChangeResult(labels=labels, change_z=scaled, baseline_registered=baseline_on_grid,
                         followup_corrected=followup, brain=brain.astype(np.uint8), lesions=lesions, transform=transform,
-                        registration_quality=quality, notes=notes)
+                        registration_quality=quality, notes=notes, growth_probability=probability)
 
 
 # --------------------------------------------------------------------------- files and the command
@@ -529,6 +559,8 @@ def longitudinal_files(
     min_size_mm3: float = DEFAULT_MIN_SIZE_MM3,
     enlarging_ratio: float = DEFAULT_ENLARGING_RATIO,
     change_z: float = DEFAULT_CHANGE_Z,
+    method: str = DEFAULT_METHOD,
+    change_model: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run :func:`detect_changes` on files and write its outputs on the follow-up grid.
 
@@ -537,7 +569,8 @@ def longitudinal_files(
     Everything is computed before the first file is written, and each file is written
     atomically, so an error leaves no half-written output. ``model=None`` or ``"none"`` (the
     default, :data:`DEFAULT_MODEL`) uses the FLAIR hyperintensity alone; ``"reference"`` or a
-    checkpoint path adds the model's lesion calls. Returns the report.
+    checkpoint path adds the model's lesion calls. ``method="learned"`` lets the change network
+    (``change_model``, default the shipped weights) decide growth. Returns the report.
     """
     from mstoolkit import __version__
     from mstoolkit.data.io import load_image, save_image, save_mask
@@ -547,6 +580,13 @@ def longitudinal_files(
         raise MSToolkitInputError(f"--enlarging-ratio must be greater than 1 (e.g. 1.5), got {enlarging_ratio}.")
     if not min_size_mm3 >= 0:
         raise MSToolkitInputError(f"--min-size-mm3 must be 0 or more, got {min_size_mm3}.")
+    if method not in METHODS:
+        raise MSToolkitInputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}.")
+    change_network = None
+    if method == "learned":  # load before any work: a wrong checkpoint fails fast
+        from mstoolkit.longitudinal.learned import load_change_model
+
+        change_network = load_change_model(change_model, device=device)
     base_image, base_affine = load_image(baseline)
     follow_image, follow_affine = load_image(followup)
     _check_scan(base_image, f"baseline FLAIR '{baseline}'")
@@ -572,7 +612,7 @@ def longitudinal_files(
                             followup_t1=follow_t1, registered=registered, skull_stripped=skull_stripped, model=net,
                             model_sequences=tuple(config["sequences"]) if config else ("FLAIR", "T1"),
                             device=device, change_z=change_z, min_size_mm3=min_size_mm3,
-                            enlarging_ratio=enlarging_ratio)
+                            enlarging_ratio=enlarging_ratio, method=method, change_network=change_network)
     voxel_mm3 = float(np.prod(spacing_from_affine(follow_affine)))
     counts = {name: sum(1 for row in result.lesions if row["label"] == label) for label, name in CLASS_NAMES.items()}
     volumes = {name: round(float((result.labels == label).sum()) * voxel_mm3, 2) for label, name in CLASS_NAMES.items()}
@@ -597,6 +637,10 @@ def longitudinal_files(
         "inputs": {name: (None if path is None else str(Path(path).resolve())) for name, path in
                    (("baseline", baseline), ("followup", followup), ("baseline_t1", baseline_t1), ("followup_t1", followup_t1))},
         "model": model_note,
+        "method": method,
+        "change_model": None if change_network is None else {
+            "source": str(change_model or "shipped"), "threshold": change_network[1]["threshold"],
+            "title": change_network[1].get("title"), "best_iteration": change_network[1].get("best_iteration")},
         "settings": {"min_size_mm3": min_size_mm3, "enlarging_ratio": enlarging_ratio, "change_z": change_z,
                      "hyperintensity_z": DEFAULT_HYPERINTENSITY_Z, "smoothing_mm": DEFAULT_SMOOTHING_MM,
                      "edge_mm": DEFAULT_EDGE_MM, "skull_stripped": skull_stripped},
@@ -618,7 +662,9 @@ def cli_longitudinal(args) -> int:
     report = longitudinal_files(args.baseline, args.followup, args.out, baseline_t1=args.baseline_t1,
                                 followup_t1=args.followup_t1, registered=args.registered,
                                 skull_stripped=args.skull_stripped, model=args.model, device=args.device,
-                                min_size_mm3=args.min_size_mm3, enlarging_ratio=args.enlarging_ratio)
+                                min_size_mm3=args.min_size_mm3, enlarging_ratio=args.enlarging_ratio,
+                                method=getattr(args, "method", DEFAULT_METHOD),
+                                change_model=getattr(args, "change_model", None))
     counts = report["counts"]
     print(f"{counts['new']} new, {counts['enlarging']} enlarging, {counts['shrinking_or_resolved']} shrinking or resolved "
           f"lesion(s); active: {'yes' if report['active'] else 'no'} ({report['seconds']:.1f} s). Wrote change_mask.nii.gz, "

@@ -307,12 +307,15 @@ def _move(anatomy: dict, rigid: tuple[np.ndarray, np.ndarray]) -> dict:
 
 
 def generate_longitudinal_pair(*, seed: int, profile: str = "standard", spacing: Sequence[float] | None = None,
-                               t1ce: bool = False, misregistration_mm: float = 1.0) -> tuple[Case, Case, np.ndarray]:
+                               t1ce: bool = False, misregistration_mm: float = 1.0,
+                               followup_profile: str | None = None) -> tuple[Case, Case, np.ndarray]:
     """Baseline and follow-up scans of one subject with new, enlarging and shrinking lesions.
 
     Introduced in notebook 01; used for change detection. The follow-up head sits slightly
     differently (a rigid shift of ``misregistration_mm`` and a rotation under a degree), as
     in a real second visit, so a naive subtraction shows edges: register first.
+    ``followup_profile`` renders the follow-up with another scanner profile (a scanner or
+    protocol change between visits); by default both visits use ``profile``.
 
     Returns
     -------
@@ -323,6 +326,8 @@ def generate_longitudinal_pair(*, seed: int, profile: str = "standard", spacing:
         baseline lesion, lesions placed where they truly are relative to the baseline anatomy).
     """
     seed, spacing = check_seed(seed), check_phantom_options(profile, spacing)
+    followup_profile = profile if followup_profile is None else followup_profile
+    check_phantom_options(followup_profile, spacing)
     if not np.isfinite(misregistration_mm) or misregistration_mm < 0:
         raise MSToolkitInputError(f"'misregistration_mm' must be a non-negative number, got {misregistration_mm!r}.")
     anatomy, lesions, _, rng = _scene(seed)
@@ -343,12 +348,13 @@ def generate_longitudinal_pair(*, seed: int, profile: str = "standard", spacing:
              direction / np.linalg.norm(direction) * misregistration_mm)
     sequences = ("FLAIR", "T1", "T2") + (("T1CE",) if t1ce else ())
     cases = []
-    for session, lesion_set, frame in (("ses-01", lesions, None), ("ses-02", followup, rigid)):
+    for session, lesion_set, frame, session_profile in (("ses-01", lesions, None, profile),
+                                                        ("ses-02", followup, rigid, followup_profile)):
         subject_anatomy = anatomy if frame is None else _move(anatomy, frame)
         fraction, owner = rasterise_lesions(lesion_set, rigid=frame)
         tissue = _tissue_with_lesions(subject_anatomy, fraction)
-        meta = _meta(seed, profile, lesion_set, anatomy) | {"session": session, "evolution": evolution}
-        images = _render(rng, subject_anatomy, tissue, owner, lesion_set, sequences, profile)
+        meta = _meta(seed, session_profile, lesion_set, anatomy) | {"session": session, "evolution": evolution}
+        images = _render(rng, subject_anatomy, tissue, owner, lesion_set, sequences, session_profile)
         cases.append(_make_case(f"phantom-{seed}_{session}", images, *_masks(tissue), spacing, meta))
     true_followup = _tissue_with_lesions(anatomy, rasterise_lesions(followup)[0])
     change = _masks(true_followup)[0]
