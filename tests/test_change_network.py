@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_longitudinal import _class_at, pair  # noqa: F401 - the synthetic pair fixture
 from torch import nn
 
 from mstoolkit.data.io import MSToolkitInputError
 from mstoolkit.longitudinal import learned
 from mstoolkit.longitudinal.change import ENLARGING, NEW, classify_changes, detect_changes
-from test_longitudinal import _class_at, pair  # noqa: F401 - the synthetic pair fixture
 
 
 class DifferenceIsGrowth(nn.Module):
