@@ -303,7 +303,7 @@ def test_section_timings_in_summary_and_printed(tmp_path, capsys):
         markdown("## 1. Quick\nprose"), _code("x = 1"),
         markdown("### 1.1 A subsection stays in its section"), _code("import time; time.sleep(0.8)"),
         markdown("Prose mentioning ## not at the start"), _code("time.sleep(0.4)"),
-        markdown("## 2. Slow"), _code("time.sleep(1.6)"), _code("y = 2"),
+        markdown("*Figure: the end of section 1.*\n\n## 2. Slow\nstarts inside a cell"), _code("time.sleep(1.6)"), _code("y = 2"),
         markdown("## Key points"),
     ])
     assert main(["notebooks", "run", str(nb), "--out", str(tmp_path / "b"), "--no-html"]) == 0

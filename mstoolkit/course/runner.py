@@ -284,19 +284,19 @@ _SECTION = re.compile(r"^##\s+(.*\S)")
 def section_timings(executed: str | os.PathLike) -> list[dict[str, Any]]:
     """Seconds per section of an executed notebook, from papermill's per-cell ``duration``.
 
-    A section starts at a Markdown cell whose first line starts with ``## `` and runs to the
-    next one; cells before the first are ``"(introduction)"``. Cells that did not run (after a
-    failure) count 0 s. Returns ``[{"section", "seconds", "cells"}, ...]`` in notebook order.
+    A section starts at a Markdown cell with a line starting with ``## `` (the last such line
+    names it, when a cell holds the end of one section and the start of the next) and runs to
+    the next one; cells before the first are ``"(introduction)"``. Cells that did not run (after
+    a failure) count 0 s. Returns ``[{"section", "seconds", "cells"}, ...]`` in notebook order.
     """
     import nbformat
 
     nb = nbformat.read(str(executed), as_version=4)
     sections = [{"section": "(introduction)", "seconds": 0.0, "cells": 0}]
     for cell in nb.cells:
-        first_line = cell.source.lstrip().splitlines()[0] if cell.source.strip() else ""
-        heading = _SECTION.match(first_line) if cell.cell_type == "markdown" else None
-        if heading:
-            sections.append({"section": heading.group(1), "seconds": 0.0, "cells": 0})
+        headings = [m.group(1) for m in map(_SECTION.match, cell.source.splitlines()) if m] if cell.cell_type == "markdown" else []
+        if headings:
+            sections.append({"section": headings[-1], "seconds": 0.0, "cells": 0})
         elif cell.cell_type == "code":
             duration = cell.get("metadata", {}).get("papermill", {}).get("duration")
             sections[-1]["seconds"] += float(duration or 0.0)
