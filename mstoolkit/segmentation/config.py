@@ -17,7 +17,7 @@ from mstoolkit.data.io import MSToolkitInputError
 __all__ = ["LOSS_NAMES", "PRESETS", "REFERENCE_TITLE", "TrainConfig"]
 
 #: Names accepted by :func:`build_loss`.
-LOSS_NAMES = ("dice", "dice_ce", "dice_focal", "tversky")
+LOSS_NAMES = ("dice", "dice_ce", "dice_focal", "tversky", "generalized_dice", "focal")
 
 
 @dataclass
