@@ -23,7 +23,10 @@ Scores: lesion-wise change F1, sensitivity and precision (any-overlap matching, 
 changes under 3 mm³ removed from both masks as anima does) and voxel Dice of change
 (mstoolkit.evaluation.change_metrics).
 
-Run: python benchmarks/bench_longitudinal.py [--threads 2] [--select] [--model none|reference] [--skip-real]
+``--method learned`` scores the change network (mstoolkit.longitudinal.learned) instead of the
+statistical map, on the same phantom test pairs and real pairs.
+
+Run: python benchmarks/bench_longitudinal.py [--threads 2] [--select] [--model none|reference] [--method statistical|learned] [--skip-real]
 Writes build/benchmarks/longitudinal.json (and longitudinal_selection.json with --select).
 """
 
@@ -95,7 +98,7 @@ def select_on_phantom() -> dict:
     return {"seeds": list(SELECTION_SEEDS), "grid": grid, "best": best, "rows": rows}
 
 
-def phantom_test(model_name: str) -> dict:
+def phantom_test(model_name: str, method: str) -> dict:
     from mstoolkit.longitudinal.change import detect_changes
 
     model = sequences = None
@@ -110,7 +113,8 @@ def phantom_test(model_name: str) -> dict:
         started = time.perf_counter()
         result = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
                                 baseline_t1=baseline.images["T1"], followup_t1=followup.images["T1"],
-                                skull_stripped=True, model=model, model_sequences=sequences or ("FLAIR", "T1"))
+                                skull_stripped=True, model=model, model_sequences=sequences or ("FLAIR", "T1"),
+                                method=method)
         rows.append({"seed": seed, "profile": profile, "spacing": spacing, "seconds": round(time.perf_counter() - started, 1),
                      **_score_phantom(result, baseline, followup, truth)})
         print(rows[-1], flush=True)
@@ -125,7 +129,7 @@ def _score_real(change_mask: Path, patient: Path, study: str | None) -> dict:
     return {k: round(float(v), 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
-def real_pairs(threads: int, model_name: str) -> dict:
+def real_pairs(threads: int, model_name: str, method: str) -> dict:
     from mstoolkit.data.io import save_image
     from mstoolkit.longitudinal.change import to_common_space
 
@@ -137,7 +141,7 @@ def real_pairs(threads: int, model_name: str) -> dict:
         patient = SHARED / name
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            model_args = ["--model", model_name]
+            model_args = ["--model", model_name, "--method", method]
             t1_args = []
             for flag, study in (("--baseline-t1", "study1"), ("--followup-t1", "study2")):
                 if (patient / f"{study}_T1W.nii.gz").exists():
@@ -156,7 +160,7 @@ def real_pairs(threads: int, model_name: str) -> dict:
             reg_out = tmp / "registered"
             seconds, peak_mb = run_cli(["longitudinal", "--baseline", str(tmp / "study1_common.nii.gz"),
                                         "--followup", str(tmp / "study2_common.nii.gz"), "--out", str(reg_out),
-                                        "--registered", "--model", "none", "--device", "cpu"], threads)
+                                        "--registered", "--model", "none", "--method", method, "--device", "cpu"], threads)
             registered = {"seconds": round(seconds, 1), "peak_mb": round(peak_mb), **_score_real(reg_out / "change_mask.nii.gz", patient, None)}
         results[name] = {"raw": raw, "registered": registered}
         print(name, results[name], flush=True)
@@ -170,6 +174,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--select", action="store_true", help="run the parameter sweep on the phantom selection pairs")
     parser.add_argument("--model", default="none", help="'none' (FLAIR only, the default here) or 'reference'")
+    parser.add_argument("--method", default="statistical", choices=("statistical", "learned"),
+                        help="what decides growth: the statistical map (default) or the change network")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-phantom", action="store_true")
     args = parser.parse_args()
@@ -177,12 +183,12 @@ def main() -> None:
     if args.select:
         write_json("longitudinal_selection", select_on_phantom())
         return
-    out = {"threads": args.threads, "model": args.model}
+    out = {"threads": args.threads, "model": args.model, "method": args.method}
     if not args.skip_phantom:
-        out["phantom_test"] = phantom_test(args.model)
+        out["phantom_test"] = phantom_test(args.model, args.method)
     if not args.skip_real:
-        out["real_heldout"] = real_pairs(args.threads, args.model)
-    write_json("longitudinal", out)
+        out["real_heldout"] = real_pairs(args.threads, args.model, args.method)
+    write_json("longitudinal" if args.method == "statistical" else f"longitudinal_{args.method}", out)
 
 
 if __name__ == "__main__":
