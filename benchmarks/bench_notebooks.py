@@ -6,8 +6,10 @@ notebook stays within Binder's memory (2 GB) at the ``workshop`` profile.
     python benchmarks/bench_notebooks.py                  # workshop profile, all notebooks
     python benchmarks/bench_notebooks.py --profile quick notebooks/01_data_loading.ipynb
 
-Prints the table and writes build/benchmarks/notebooks.json (plus the executed
-notebooks under build/bench_notebooks/PROFILE/).
+Prints the table and the seconds per section (the instructor guide's schedule), and writes
+build/benchmarks/notebooks.json (plus the executed notebooks under
+build/bench_notebooks/PROFILE/). The load average before and after is recorded: on a
+shared machine the figures are upper bounds.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 
 from _common import OUT_DIR, ROOT, write_json
 
-from mstoolkit.course.runner import run_notebooks
+from mstoolkit.course.runner import print_section_timings, run_notebooks
 
 BINDER_LIMIT_MB = 2048
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(OUT_DIR / "notebooks.json"))
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     summary = run_notebooks(
         args.notebooks or None,
         profile=args.profile,
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             "minutes": round(r["seconds"] / 60, 2),
             "peak_memory_mb": r["peak_memory_mb"],
             "within_binder_2gb": r["peak_memory_mb"] <= BINDER_LIMIT_MB,
+            "sections": r.get("sections", []),
         }
         for r in summary["notebooks"]
     ]
@@ -56,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{'yes' if row['within_binder_2gb'] else 'NO'}")
     total = sum(r["minutes"] for r in rows)
     print(f"total {total:.1f} min; largest peak {max(r['peak_memory_mb'] for r in rows):.0f} MB")
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(f"load average (1 min) before {load_before}, after {load_after}: above {os.cpu_count()} the machine was shared")
+    print_section_timings(summary)
 
     result = {
         "profile": args.profile,
         "cpu_cores": os.cpu_count(),
         "versions": summary["versions"],
         "total_minutes": round(total, 2),
+        "load_average": {"before": load_before, "after": load_after},
         "notebooks": rows,
     }
     write_json("notebooks", result, path=args.out)
