@@ -35,3 +35,18 @@ def test_review_yield_errors():
     with pytest.raises(MSToolkitInputError, match="status"):
         review_yield(pd.DataFrame({"uncertainty": [0.1]}), [True])
     assert review_yield(table.iloc[:0], np.zeros(0, bool))["random_expected"] == 0.0
+
+
+def test_sampling_a_volume_that_needs_several_windows():
+    # Over 1.2 million voxels: _windows splits the volume, with one overlap per axis (notebook 06 at workshop).
+    import torch
+    from torch import nn
+
+    from mstoolkit.uncertainty.sampling import sample_predictions
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.Dropout3d(0.5), nn.Conv3d(2, 1, 1))
+    inputs = np.random.default_rng(0).normal(size=(1, 224, 112, 64)).astype(np.float32)
+    found = sample_predictions(net, inputs, method="mc_dropout", n=2, seed=0)
+    assert found.shape == (2, 224, 112, 64) and np.isfinite(found).all()
+    assert not np.array_equal(found[0], found[1])

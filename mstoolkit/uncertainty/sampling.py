@@ -107,8 +107,12 @@ def _logits(model: nn.Module, x: torch.Tensor, roi_size: Sequence[int] | None, o
     """Lesion logits (x, y, z) of one (1, channels, x, y, z) input by Gaussian-blended sliding windows."""
     if roi_size is None:
         roi_size, overlap = _windows(x.shape[2:])
+    # _windows gives one overlap per axis; sliding_window_logits takes one number, MONAI's inferer a list
+    per_axis = not isinstance(overlap, (int, float))
+    if per_axis and len(set(overlap)) == 1:
+        overlap, per_axis = float(overlap[0]), False
     # windows keep their size: _windows makes them >= 96 voxels on purpose (see there)
-    out = sliding_window_logits(model, x, roi_size, overlap, sw_batch_size=1, fit_to_volume=False)
+    out = sliding_window_logits(model, x, roi_size, overlap, sw_batch_size=1, fit_to_volume=False, use_monai=per_axis)
     return out[0, 0] if out.shape[1] == 1 else out[0, 1] - out[0, 0]
 
 
