@@ -26,9 +26,37 @@ from _common import ROOT, limit_threads, write_json
 CACHE = ROOT / "build" / "change_training"
 
 
-def _cached_training_pair(seed: int):
-    from mstoolkit.longitudinal.learned import training_pair
+def training_pair(seed: int):
+    """One phantom pair as the network learns from it: inputs, growth truth (both on the follow-up grid), a description.
 
+    The seed sets the scanner profile (cycling through all four), whether the slices are 3 mm
+    thick (every third seed, like a 2D FLAIR), and whether the follow-up comes from another
+    scanner profile (every other seed): the protocol changes a real follow-up brings.
+    """
+    from mstoolkit.longitudinal.change import detect_changes, robust_zscore
+    from mstoolkit.longitudinal.learned import PROFILES, network_inputs
+    from mstoolkit.phantom.generator import generate_longitudinal_pair
+    from mstoolkit.preprocessing.registration import resample_to_reference
+
+    profile = PROFILES[seed % len(PROFILES)]
+    followup_profile = PROFILES[(seed // 2) % len(PROFILES)] if seed % 2 else profile
+    spacing = (1.0, 1.0, 3.0) if seed % 3 == 0 else None
+    baseline, followup, growth = generate_longitudinal_pair(seed=seed, profile=profile, spacing=spacing,
+                                                            followup_profile=followup_profile)
+    result = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
+                            skull_stripped=True)
+    # The phantom's truth is new and enlarged tissue on the baseline grid: carry it onto the follow-up's.
+    truth = resample_to_reference(growth, baseline.affine, followup.shape, followup.affine,
+                                  transform=result.transform, is_mask=True)
+    truth = ((truth > 0) & (result.brain > 0)).astype(np.uint8)
+    inputs = network_inputs(robust_zscore(result.baseline_registered, result.brain),
+                            robust_zscore(result.followup_corrected, result.brain), result.change_z, result.brain)
+    about = {"seed": seed, "profile": profile, "followup_profile": followup_profile, "spacing": spacing,
+             "growth_voxels": int(truth.sum())}
+    return inputs, truth, about
+
+
+def _cached_training_pair(seed: int):
     path = CACHE / f"pair_{seed}.npz"
     if path.exists():
         data = np.load(path, allow_pickle=False)

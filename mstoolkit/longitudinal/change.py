@@ -443,7 +443,7 @@ def detect_changes(
         from mstoolkit.longitudinal.learned import growth_probability, load_change_model, network_inputs
 
         network, config = change_network if change_network is not None else load_change_model(device=device)
-        inputs = network_inputs(baseline_on_grid, followup, scaled, brain)
+        inputs = network_inputs(robust_zscore(baseline_on_grid, brain), robust_zscore(followup, brain), scaled, brain)
         probability = growth_probability(network, inputs, spacing, device=device)
         appeared = probability > float(config["threshold"])
         notes.append(f"growth from the change network (probability > {config['threshold']}); shrinking from the "

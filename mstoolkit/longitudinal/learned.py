@@ -13,8 +13,8 @@ they differ in what decides that tissue has *appeared*:
 Shrinking and resolved lesions stay with the statistical map in both: the phantom pairs it
 learns from mark growth only (as MSSEG-2 scores new lesions only).
 
-It learns from phantom pairs only (:func:`training_pair`: every scanner profile, thick-slice
-pairs, and pairs whose follow-up comes from another scanner profile), so what it knows of real
+It learns from phantom pairs only (``benchmarks/train_change_model.py``: every scanner profile,
+thick-slice pairs, and pairs whose follow-up comes from another scanner profile), so what it knows of real
 scans is what the phantom gets right. Its checkpoint and threshold are chosen on the phantom
 selection pairs that chose the statistical map's settings; the real open_ms_data pairs are held
 out (``benchmarks/bench_longitudinal.py --method learned``). ``benchmarks/train_change_model.py``
@@ -35,7 +35,7 @@ import numpy as np
 from mstoolkit.data.io import MSToolkitInputError
 
 __all__ = [
-    "CHANNELS", "MODEL_PATH", "TRAINING_SEEDS", "network_inputs", "training_pair", "build_change_network",
+    "CHANNELS", "MODEL_PATH", "TRAINING_SEEDS", "PROFILES", "network_inputs", "build_change_network",
     "growth_probability", "load_change_model", "train_change_model",
 ]
 
@@ -47,54 +47,26 @@ MODEL_PATH = Path(__file__).with_name("reference") / "growth_model.pt"
 TRAINING_SEEDS = tuple(range(9000, 9012))
 #: The network runs on a grid no finer than this (mm per axis): the phantom pairs are 1 mm in-plane.
 NETWORK_SPACING_MM = 1.0
-_PROFILES = ("standard", "low_field", "vendor_b", "high_res")
+#: The scanner profiles of the training pairs (all of the phantom's).
+PROFILES = ("standard", "low_field", "vendor_b", "high_res")
 _Z_CLIP = (-5.0, 10.0)
 
 
-def network_inputs(baseline_registered: np.ndarray, followup: np.ndarray, change_z: np.ndarray,
+def network_inputs(z_baseline: np.ndarray, z_followup: np.ndarray, change_z: np.ndarray,
                    brain: np.ndarray) -> np.ndarray:
     """The three input channels (float32, ``(3, x, y, z)``, 0 outside the brain), all on the follow-up grid.
 
-    The same harmonisation as the statistical map (robust z-scores inside the analysed brain),
-    so the network sees "how bright compared with this scan's normal tissue", not scanner units.
-    The difference channel is the scaled change map divided by 5 (the statistical threshold),
-    so all three channels have a similar range. The arguments are those of a
-    :class:`~mstoolkit.longitudinal.change.ChangeResult`.
+    ``z_baseline`` and ``z_followup`` are the registered, bias-corrected FLAIRs z-scored robustly
+    inside the analysed brain (:func:`mstoolkit.longitudinal.change.robust_zscore`): the same
+    harmonisation as the statistical map, so the network sees "how bright compared with this
+    scan's normal tissue", not scanner units. ``change_z`` is the scaled change map; it is
+    divided by 5 (the statistical threshold), so all three channels have a similar range.
     """
-    from mstoolkit.longitudinal.change import robust_zscore
-
     brain = brain > 0
-    channels = [robust_zscore(baseline_registered, brain), robust_zscore(followup, brain), change_z / 5.0]
+    channels = [z_baseline, z_followup, change_z / 5.0]
     stacked = np.stack([np.clip(c, *_Z_CLIP) for c in channels]).astype(np.float32)
     stacked[:, ~brain] = 0.0
     return stacked
-
-
-def training_pair(seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """One phantom pair as the network learns from it: inputs, growth truth (both on the follow-up grid), and a description.
-
-    The seed sets the scanner profile (cycling through all four), whether the slices are 3 mm
-    thick (every third seed, like a 2D FLAIR), and whether the follow-up comes from another
-    scanner profile (every other seed): the protocol changes a real follow-up brings.
-    """
-    from mstoolkit.longitudinal.change import detect_changes
-    from mstoolkit.phantom.generator import generate_longitudinal_pair
-    from mstoolkit.preprocessing.registration import resample_to_reference
-
-    profile = _PROFILES[seed % len(_PROFILES)]
-    followup_profile = _PROFILES[(seed // 2) % len(_PROFILES)] if seed % 2 else profile
-    spacing = (1.0, 1.0, 3.0) if seed % 3 == 0 else None
-    baseline, followup, growth = generate_longitudinal_pair(seed=seed, profile=profile, spacing=spacing,
-                                                            followup_profile=followup_profile)
-    result = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
-                            skull_stripped=True)
-    truth = resample_to_reference(growth, baseline.affine, followup.shape, followup.affine,
-                                  transform=result.transform, is_mask=True)
-    truth = ((truth > 0) & (result.brain > 0)).astype(np.uint8)
-    about = {"seed": seed, "profile": profile, "followup_profile": followup_profile, "spacing": spacing,
-             "growth_voxels": int(truth.sum())}
-    inputs = network_inputs(result.baseline_registered, result.followup_corrected, result.change_z, result.brain)
-    return inputs, truth, about
 
 
 def build_change_network():
@@ -188,7 +160,7 @@ def train_change_model(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train the change network on ``pairs`` (from :func:`training_pair`) and save the best checkpoint at ``out``.
+    """Train the change network on ``pairs`` ``(inputs, growth truth, description)`` and save the best checkpoint at ``out``.
 
     ``score(network, threshold)`` returns the mean lesion-wise change F1 and the mean voxel Dice
     of change on the selection pairs; their average chooses the checkpoint (every
