@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from mstoolkit.segmentation.models import build_model
-from mstoolkit.segmentation.train import build_loss
 
 __all__ = ["fit_to_targets"]
 
@@ -30,7 +29,7 @@ def fit_to_targets(
     steps: int,
     patch_size: int = 32,
     centres_from: Sequence[np.ndarray] | None = None,
-    loss: str = "dice_ce",
+    loss: str = "bce",
     learning_rate: float = 5e-3,
     features: tuple[int, ...] = (8, 16, 32, 64),
     seed: int = 0,
@@ -44,6 +43,9 @@ def fit_to_targets(
     centres_from : binary arrays (x, y, z), optional
         Where lesion-centred patches may be centred (default: ``target >= 0.5``). Pass the
         same masks to two runs and they see the same patches, whatever their targets.
+    loss : ``"bce"`` (default) or a name of :func:`mstoolkit.segmentation.train.build_loss`
+        Binary cross-entropy takes a soft target as it is: its minimum is at the raters'
+        fraction, so the network is asked to be as unsure as the raters were.
     Half the patches are centred on a lesion voxel, half anywhere (as ``train`` does).
 
     >>> x = np.random.default_rng(0).normal(size=(1, 12, 12, 12)).astype(np.float32)
@@ -67,7 +69,12 @@ def fit_to_targets(
     torch.manual_seed(seed)  # the same initial weights in every run of one seed
     model = build_model("tiny_unet", in_channels=int(inputs[0].shape[0]), features=features)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-    loss_fn = build_loss(loss)
+    if loss == "bce":
+        loss_fn = nn.BCEWithLogitsLoss()
+    else:
+        from mstoolkit.segmentation.train import build_loss  # MONAI's losses: imported only when asked for
+
+        loss_fn = build_loss(loss)
     half = patch_size // 2
     model.train()
     for _step in range(steps):
