@@ -277,6 +277,15 @@ def test_both_paths_version_runs_solution_then_stub(tmp_path):
     assert printed[5].strip() == "after the exercise: 42"
 
 
+def test_both_paths_version_finds_a_check_after_a_markdown_cell(tmp_path):
+    nb = nbformat.read(_exercise_notebook(tmp_path / "01_ex.ipynb"), as_version=4)
+    nb.cells.insert(4, nbformat.v4.new_markdown_cell("The check compares yours with the package's."))
+    both = make_both_paths_version(nb)
+    assert [c.metadata.get("tags", []) for c in both.cells] == [
+        ["parameters"], ["solution"], [], [], ["exercise"], ["exercise-check", "both-paths"], []]
+    assert both.cells[2].cell_type == "markdown"
+
+
 def test_both_paths_version_catches_a_wrong_solution(tmp_path):
     source = _exercise_notebook(tmp_path / "01_ex.ipynb")
     nb = nbformat.read(source, as_version=4)

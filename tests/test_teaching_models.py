@@ -103,14 +103,17 @@ def test_fit_to_targets_refuses_bad_targets():
 
 def test_training_progress_reads_history_and_a_running_process(tmp_path):
     (tmp_path / "history.json").write_text(json.dumps({"loss": [1.0, 0.8, 0.7], "val_dice": [0.1, 0.2, 0.3]}))
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    process = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(30)"],
+                               stdout=subprocess.PIPE, text=True)
     try:
+        assert process.stdout.readline().strip() == "ready"  # Python runs: before exec, the child is a tiny stub
         progress = training_progress(tmp_path, process)
         assert progress["epochs"] == 3 and progress["running"]
         assert progress["peak_mb"] is None or progress["peak_mb"] > 1
     finally:
         process.terminate()
         process.wait()
+        process.stdout.close()
     assert not training_progress(tmp_path, process)["running"]
     assert training_progress(tmp_path / "missing")["epochs"] == 0
 

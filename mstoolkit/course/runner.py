@@ -506,7 +506,9 @@ def make_student_version(nb: Any) -> Any:
 def make_both_paths_version(nb: Any) -> Any:
     """A copy in which each exercise runs twice: as the solution, then as the student's stub.
 
-    Each ``exercise`` / ``solution`` / check triple becomes solution → check → stub → check:
+    Each ``exercise`` / ``solution`` / check triple becomes solution → check → stub → check
+    (Markdown cells between the solution and its check, e.g. a sentence on what the check does,
+    stay before the first check):
     the first check proves the solution passes; the second sees the stub's
     ``NotImplementedError``, so its :func:`~mstoolkit.course.exercises.fallback` prints its
     note and rebinds the names to the package's answer, and every later cell runs on that
@@ -520,16 +522,17 @@ def make_both_paths_version(nb: Any) -> Any:
     result, k = [], 0
     while k < len(cells):
         cell = cells[k]
-        follows = cells[k + 1 : k + 3]
-        if ("exercise" in _tags(cell) and len(follows) == 2 and "solution" in _tags(follows[0])
-                and follows[1].cell_type == "code" and _CHECK_CALL.search(follows[1].source)):
-            solution, check = follows
+        # The check is the first code cell after the solution (the structure test's rule too).
+        check_at = next((j for j in range(k + 2, len(cells)) if cells[j].cell_type == "code"), None)
+        if ("exercise" in _tags(cell) and k + 1 < len(cells) and "solution" in _tags(cells[k + 1])
+                and check_at is not None and _CHECK_CALL.search(cells[check_at].source)):
+            solution, between, check = cells[k + 1], cells[k + 2 : check_at], cells[check_at]
             again = copy.deepcopy(check)
             again.metadata["tags"] = _tags(check) + ["exercise-check", "both-paths"]
             if "id" in again:  # cell ids must stay unique (nbformat ≥ 4.5)
                 again["id"] = f"{check['id'][:20]}-again"
-            result += [solution, check, cell, again]
-            k += 3
+            result += [solution, *between, check, cell, again]
+            k = check_at + 1
         else:
             result.append(cell)
             k += 1
