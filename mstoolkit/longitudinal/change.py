@@ -446,6 +446,7 @@ def detect_changes(
         from mstoolkit.longitudinal.learned import growth_probability, load_change_model, network_inputs
 
         network, config = change_network if change_network is not None else load_change_model(device=device)
+        # Unsmoothed z-scores, not z_baseline / z_followup above: the network was trained on these.
         inputs = network_inputs(robust_zscore(baseline_on_grid, brain), robust_zscore(followup, brain), scaled, brain)
         probability = growth_probability(network, inputs, spacing, device=device)
         appeared = probability > float(config["threshold"])
