@@ -107,6 +107,11 @@ def phantom_test(model_name: str, method: str) -> dict:
 
         model, config = load_model(model_name)
         sequences = tuple(config["sequences"])
+    change_network = None
+    if method == "learned":  # load the change network once, not once per pair
+        from mstoolkit.longitudinal.learned import load_change_model
+
+        change_network = load_change_model()
     rows = []
     for seed in TEST_SEEDS:
         profile, spacing, (baseline, followup, truth) = _phantom_pair(seed)
@@ -114,7 +119,7 @@ def phantom_test(model_name: str, method: str) -> dict:
         result = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
                                 baseline_t1=baseline.images["T1"], followup_t1=followup.images["T1"],
                                 skull_stripped=True, model=model, model_sequences=sequences or ("FLAIR", "T1"),
-                                method=method)
+                                method=method, change_network=change_network)
         rows.append({"seed": seed, "profile": profile, "spacing": spacing, "seconds": round(time.perf_counter() - started, 1),
                      **_score_phantom(result, baseline, followup, truth)})
         print(rows[-1], flush=True)
