@@ -356,3 +356,85 @@ def test_compare_augmentations_changes_only_the_augmentation(cases):
         held_out_gaps(results, "vendor_b")
     with pytest.raises(MSToolkitInputError, match="'test_cases' is empty"):
         compare_augmentations(config, cases[:2], [], verbose=False)
+
+
+# --------------------------------------------------------------------------- learning from part of a case
+
+
+def test_hemisphere_splits_at_world_x_zero():
+    from mstoolkit.segmentation.training_data import hemisphere
+
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # LAS storage, as many MNI files: voxel 0 is the right-most
+    affine[0, 3] = 10.0  # voxel i sits at x = 10 - i mm
+    case = Case("half", {"FLAIR": np.ones((21, 4, 3), np.float32)}, affine)
+    left, right = hemisphere(case, "left"), hemisphere(case, "right")
+    assert not (left & right).any() and (left | right).all()
+    assert left[11:].all() and not left[:11].any()  # x = -1 mm and below is left
+    with pytest.raises(MSToolkitInputError, match="Unknown hemisphere 'middle'"):
+        hemisphere(case, "middle")
+
+
+def test_labelled_region_keeps_the_rest_of_the_case_out_of_training(cases):
+    from mstoolkit.segmentation.training_data import UNLABELLED, hemisphere, label_only
+
+    case = cases[0]
+    region = np.zeros(case.shape, bool)
+    region[: case.shape[0] // 2] = True
+    item = cache_cases([label_only(case, region, sampling_weight=3)], ("FLAIR", "T1"))[0]
+    assert item["sampling_weight"] == 3.0
+    assert 0 < len(item["fg"]) < int(case.mask.sum())  # only the lesion voxels inside the region
+    # what happens outside the region cannot reach the model: other truth there, same weights
+    other_truth = case.mask.copy()
+    other_truth[case.shape[0] // 2:] = 1 - other_truth[case.shape[0] // 2:]
+    other = replace(case, mask=other_truth)
+    config = tiny_config(augment="light")
+    a, _ = train(config, [label_only(case, region)])
+    b, _ = train(config, [label_only(other, region)])
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb)
+    c, _ = train(config, [case])  # the same case taught everywhere trains differently
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.state_dict().values(), c.state_dict().values()))
+    assert (cache_cases([label_only(case, region)], ("FLAIR",))[0]["label"] == UNLABELLED).any()
+    with pytest.raises(MSToolkitInputError, match="'labelled_region' has shape"):
+        cache_cases([label_only(case, region[:-1])], ("FLAIR",))
+    assert hemisphere(case, "left").shape == case.shape
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_unlabelled_voxels_give_no_gradient(name):
+    from mstoolkit.segmentation.training_data import UNLABELLED, ignore_unlabelled
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, 8, generator=generator, requires_grad=True)
+    labels = (torch.rand(2, 1, 8, 8, 8, generator=generator) > 0.8).float()
+    labels[:, :, :4] = UNLABELLED
+    loss = build_loss(name)(*ignore_unlabelled(logits, labels))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.all(logits.grad[:, :, :4] == 0) and logits.grad[:, :, 4:].abs().sum() > 0
+    if name == "dice":  # Dice over the labelled voxels alone, as if the others were not there
+        alone = build_loss("dice")(logits[:, :, 4:], labels[:, :, 4:])
+        torch.testing.assert_close(loss, alone, atol=1e-6, rtol=0)
+
+
+def test_sampling_weight_draws_a_case_more_often(cases):
+    from mstoolkit.segmentation.training_data import sample_batch
+
+    class RecordingCrop:  # stands in for MONAI's sampler: records which case each patch comes from
+        def __init__(self):
+            self.drawn = []
+
+        def set_random_state(self, seed):
+            pass
+
+        def __call__(self, data):
+            self.drawn.append(data["image"].shape)
+            return [{"image": np.zeros((2, 4, 4, 4), np.float32), "label": np.zeros((1, 4, 4, 4), np.float32)}]
+
+    small, large = toy_case(0, shape=(21, 22, 19)), toy_case(1, shape=(25, 22, 19))
+    cached = cache_cases([small, replace(large, meta={"sampling_weight": 9.0})], ("FLAIR", "T1"))
+    crop, rng = RecordingCrop(), np.random.default_rng(0)
+    for _ in range(100):
+        sample_batch(cached, tiny_config(), rng, crop, None)
+    share_large = np.mean([shape == cached[1]["image"].shape for shape in crop.drawn])
+    assert 0.8 < share_large < 0.97  # 9 / 10 expected

@@ -147,7 +147,7 @@ class RandLesionContrastd(Randomizable, MapTransform):
         from scipy import ndimage as ndi
 
         self.randomize()
-        lesion = np.asarray(data[self.label_key])[0] > 0
+        lesion = np.asarray(data[self.label_key])[0] == 1  # 2: unlabelled (training_data.UNLABELLED)
         if not self.apply or not lesion.any():
             return data
         components, n = ndi.label(lesion, structure=np.ones((3, 3, 3)))

@@ -39,6 +39,7 @@ from mstoolkit.segmentation.config import LOSS_NAMES, PRESETS, REFERENCE_TITLE, 
 from mstoolkit.segmentation.models import build_model, export_reference, save_model
 from mstoolkit.segmentation.training_data import (
     cache_cases,
+    ignore_unlabelled,
     load_training_cases,
     make_patch_sampler,
     reference_phantom_cases,
@@ -252,7 +253,7 @@ def train(
             images, labels = images.to(device, memory_format=memory_format), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-                loss = loss_fn(net(images), labels)
+                loss = loss_fn(*ignore_unlabelled(net(images), labels))
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

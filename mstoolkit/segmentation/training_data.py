@@ -26,15 +26,25 @@ from mstoolkit.data.io import Case, MSToolkitInputError, bounding_box
 if TYPE_CHECKING:
     from mstoolkit.segmentation.config import TrainConfig
 
-__all__ = ["cache_cases", "split_train_val", "load_training_cases", "reference_phantom_cases"]
+__all__ = ["UNLABELLED", "cache_cases", "split_train_val", "load_training_cases", "reference_phantom_cases",
+           "hemisphere", "label_only", "ignore_unlabelled"]
+
+#: Label value of voxels whose truth training must not see (outside a case's ``meta["labelled_region"]``):
+#: the patch sampler never centres a patch there and :func:`ignore_unlabelled` takes them out of the loss.
+UNLABELLED = 2
 
 
 def cache_cases(cases: Sequence[Case], sequences: Sequence[str], *, min_size: Sequence[int] = (0, 0, 0)) -> list[dict]:
     """Normalise each case once and keep it in memory, cropped to the brain.
 
     Returns dicts with ``"image"`` (C, x, y, z) float32, ``"label"`` (1, x, y, z)
-    uint8, and the flat indices of lesion (``"fg"``) and healthy-brain
-    (``"bg"``) voxels used by the patch sampler.
+    uint8, the flat indices of lesion (``"fg"``) and healthy-brain
+    (``"bg"``) voxels used by the patch sampler, and the case's ``"sampling_weight"``.
+
+    A case whose ``meta["labelled_region"]`` is a boolean mask teaches only there: its label is
+    :data:`UNLABELLED` outside it, so no patch is centred outside it and the loss ignores those
+    voxels (:func:`label_only`; the hemisphere split of the reference model, MODEL_CARD.md).
+    ``meta["sampling_weight"]`` (default 1) makes :func:`sample_batch` draw the case more often.
     """
     from mstoolkit.segmentation.inference import brain_region, prepare_inputs
 
@@ -44,19 +54,28 @@ def cache_cases(cases: Sequence[Case], sequences: Sequence[str], *, min_size: Se
             raise MSToolkitInputError(f"Case '{case.case_id}' has no lesion mask; training needs ground truth.")
         image = prepare_inputs(case, sequences)
         brain = brain_region(case)
+        label = case.mask.astype(np.uint8)
+        region = case.meta.get("labelled_region")
+        if region is not None:
+            if np.shape(region) != case.shape:
+                raise MSToolkitInputError(f"Case '{case.case_id}': 'labelled_region' has shape {np.shape(region)}, the images "
+                                          f"{case.shape}; build it on the case's grid (e.g. training_data.hemisphere).")
+            label = np.where(np.asarray(region, dtype=bool), label, UNLABELLED).astype(np.uint8)
         box = bounding_box(brain, margin=4) or tuple(slice(0, n) for n in brain.shape)
-        image, label, brain = image[(slice(None), *box)], case.mask[box][None], brain[box]
+        image, label, brain = image[(slice(None), *box)], label[box][None], brain[box]
         pads = [(0, 0)] + [(0, max(0, int(m) - n)) for m, n in zip(min_size, label.shape[1:])]
         image, label, brain = np.pad(image, pads), np.pad(label, pads), np.pad(brain, pads[1:])
-        lesion = label[0].astype(bool)
+        lesion = label[0] == 1
+        healthy = brain.astype(bool) & (label[0] == 0)  # unlabelled voxels are neither
         cached.append({
             "image": np.ascontiguousarray(image, dtype=np.float32),
             "label": np.ascontiguousarray(label, dtype=np.uint8),
             # int32 halves the memory of the indices (a brain has ~1.5 million voxels; any volume < 2**31)
             "fg": np.flatnonzero(lesion).astype(np.int32),
-            "bg": np.flatnonzero(brain.astype(bool) & ~lesion).astype(np.int32),
+            "bg": np.flatnonzero(healthy).astype(np.int32),
             "case_id": case.case_id,
             "spacing": case.spacing,
+            "sampling_weight": float(case.meta.get("sampling_weight", 1.0)),
         })
     return cached
 
@@ -71,10 +90,15 @@ def make_patch_sampler(config: TrainConfig) -> Callable:
 
 
 def sample_batch(cached: list[dict], config: TrainConfig, rng: np.random.Generator, crop, augment) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_size`` patches: each from a random case, lesion-centred with probability ``positive_fraction``."""
+    """``batch_size`` patches: each from a random case (in proportion to its ``sampling_weight``),
+    lesion-centred with probability ``positive_fraction``."""
+    weights = np.array([item.get("sampling_weight", 1.0) for item in cached], dtype=float)
+    uniform = bool(np.all(weights == weights[0]))
     images, labels = [], []
     for _ in range(config.batch_size):
-        item = cached[int(rng.integers(len(cached)))]
+        # uniform cases keep the draw of earlier versions, so their runs repeat exactly
+        index = int(rng.integers(len(cached))) if uniform else int(rng.choice(len(cached), p=weights / weights.sum()))
+        item = cached[index]
         seed = int(rng.integers(2**31))
         crop.set_random_state(seed=seed)
         patch = crop({"image": item["image"], "label": item["label"], "fg": item["fg"], "bg": item["bg"]})[0]
@@ -162,3 +186,37 @@ def reference_phantom_cases(n_subjects: int, *, seed: int = 1000, n_val: int = 1
         case.images = {name: case.images[name] for name in ("FLAIR", "T1")}  # keep memory low
         cases.append(case)
     return cases[:-n_val], cases[-n_val:]
+
+
+def hemisphere(case: Case, side: str) -> np.ndarray:
+    """Boolean mask of one brain half, ``"left"`` or ``"right"``, split at world x = 0.
+
+    For images in MNI space (the open_ms_data ``*_regtoMNI`` files) x = 0 mm is the midline;
+    RAS+ world coordinates put the left hemisphere at x < 0. The reference model trains on one
+    half of patient26 and is validated on the other (MODEL_CARD.md).
+    """
+    if side not in ("left", "right"):
+        raise MSToolkitInputError(f"Unknown hemisphere {side!r}; allowed: left, right.")
+    i, j, k = np.meshgrid(*(np.arange(n) for n in case.shape), indexing="ij", sparse=True)
+    x = case.affine[0, 0] * i + case.affine[0, 1] * j + case.affine[0, 2] * k + case.affine[0, 3]
+    return np.broadcast_to(x < 0 if side == "left" else x >= 0, case.shape).copy()
+
+
+def label_only(case: Case, region: np.ndarray, *, sampling_weight: float = 1.0) -> Case:
+    """The same case, teaching only inside ``region`` (see :func:`cache_cases`), drawn ``sampling_weight`` times as often."""
+    from dataclasses import replace
+
+    return replace(case, meta={**case.meta, "labelled_region": np.asarray(region, dtype=bool),
+                               "sampling_weight": float(sampling_weight)})
+
+
+def ignore_unlabelled(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Take :data:`UNLABELLED` voxels out of a loss: there the logit becomes a constant, confident "no lesion" and the
+    label 0, so they add nothing to Dice's sums, almost nothing to cross-entropy, and no gradient.
+
+    Works for every loss of :func:`mstoolkit.segmentation.train.build_loss` without changing it.
+    """
+    unknown = labels == UNLABELLED
+    if not bool(unknown.any()):
+        return logits, labels
+    return logits.masked_fill(unknown, -20.0), labels.masked_fill(unknown, 0.0)
