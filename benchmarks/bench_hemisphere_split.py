@@ -32,8 +32,6 @@ from pathlib import Path
 import numpy as np
 from _common import ROOT, limit_threads, peak_rss_mb, write_json
 
-OTHER = {"left": "right", "right": "left"}
-
 
 def patient26():
     """The shipped real case, FLAIR + T1 + consensus mask (MNI files as published)."""
@@ -58,21 +56,19 @@ def score_half(model, case, half: str) -> dict:
     return {key: (round(float(scores[key]), 4) if isinstance(scores[key], float) else int(scores[key])) for key in keys if key in scores}
 
 
-def train_fold(name: str, held_out: str, args, phantom_train, phantom_val, case):
+def train_fold(name: str, held_out: str, args, phantom_train, phantom_val):
     """Train the reference recipe plus the half of ``case`` that is not ``held_out``; return the model."""
     from mstoolkit.segmentation.config import PRESETS, TrainConfig
     from mstoolkit.segmentation.train import train
-    from mstoolkit.segmentation.training_data import hemisphere, label_only
+    from mstoolkit.segmentation.training_data import real_training_case
 
     settings = {k: v for k, v in PRESETS["reference"].items() if k not in ("n_subjects", "n_val", "real_lesion_share")}
     config = TrainConfig(**settings, device="cpu", seed=args.seed, progress=False,
                          out_dir=str(ROOT / "build" / "hemisphere_split" / name / held_out))
     config = replace(config, epochs=args.epochs or config.epochs, features=tuple(args.features) if args.features else config.features)
-    # a weight w for one case among n equally weighted ones gives it w / (n + w) of the patches
-    n = len(phantom_train)
-    weight = args.real_share * n / (1.0 - args.real_share) if args.real_share < 1 else 1.0
-    real_half = label_only(case, hemisphere(case, OTHER[held_out]), sampling_weight=weight)
-    cases = phantom_train + [real_half] if args.real_share > 0 else phantom_train
+    cases = list(phantom_train)
+    if args.real_share > 0:  # the same case the preset adds (mstoolkit train --preset reference), minus one half
+        cases.append(real_training_case(args.real_share, len(phantom_train), held_out_half=held_out))
     started = time.perf_counter()
     model, history = train(config, cases, phantom_val)
     seconds = time.perf_counter() - started
@@ -110,7 +106,7 @@ def main() -> None:
         phantom_train, phantom_val = reference_phantom_cases(preset["n_subjects"], n_val=preset["n_val"])
     for held_out in args.folds:
         if args.train:
-            model, fold = train_fold(name, held_out, args, phantom_train, phantom_val, case)
+            model, fold = train_fold(name, held_out, args, phantom_train, phantom_val)
         else:
             model, _ = load_model(args.model)
             fold = {"threshold": model.threshold, "min_lesion_mm3": model.min_lesion_mm3}

@@ -282,6 +282,31 @@ def test_reference_data_spreads_the_real_lesion_subjects_over_training_only(monk
         reference_phantom_cases(5, real_lesion_share=1.5)
 
 
+def test_reference_data_adds_patient26_with_its_share_and_only_the_taught_half(monkeypatch):
+    from mstoolkit.phantom import generator as phantom
+    from mstoolkit.segmentation.training_data import UNLABELLED, hemisphere, reference_training_cases
+
+    def fake_subject(*, seed, profile, real_lesions):
+        images = {name: np.zeros((2, 2, 2), np.float32) for name in ("FLAIR", "T1")}
+        return Case(f"s{seed}", images, np.eye(4))
+
+    monkeypatch.setattr(phantom, "generate_subject", fake_subject)
+    train_cases, val_cases = reference_training_cases(6, n_val=2, real_share=0.2, held_out_half="left")
+    assert [c.case_id for c in val_cases] == ["s1004", "s1005"]  # validation stays phantom: no real choice
+    real = train_cases[-1]
+    assert real.case_id == "patient26" and len(train_cases) == 5
+    assert real.meta["sampling_weight"] / (real.meta["sampling_weight"] + 4) == pytest.approx(0.2)
+    assert np.array_equal(real.meta["labelled_region"], hemisphere(real, "right"))
+    item = cache_cases([real], ("FLAIR", "T1"))[0]
+    assert (item["label"] == UNLABELLED).sum() > 0.3 * item["label"].size  # the left half taught nothing
+    assert len(item["fg"]) == int((real.mask.astype(bool) & hemisphere(real, "right")).sum())
+    whole, _ = reference_training_cases(6, n_val=2, real_share=0.2)
+    assert whole[-1].meta["labelled_region"].all()
+    assert len(reference_training_cases(6, n_val=2)[0]) == 4
+    with pytest.raises(MSToolkitInputError, match="share of patches must be between 0 and 1"):
+        reference_training_cases(6, real_share=1.0)
+
+
 DDP_SCRIPT = textwrap.dedent(
     """
     import os, sys, torch

@@ -89,8 +89,9 @@ REFERENCE_TITLE = "mstoolkit reference tiny U-Net (phantom-trained, FLAIR+T1)"
 
 #: Named settings for ``mstoolkit train --preset``. Without ``--data``, ``quick``, ``workshop`` and ``full`` train
 #: and validate on the subjects of the notebooks' split of the same name (:data:`mstoolkit.data.datasets.SUBJECT_SPLITS`);
-#: for ``reference``, ``n_subjects``, ``n_val`` and ``real_lesion_share`` describe its own phantom
-#: (see :func:`mstoolkit.segmentation.training_data.reference_phantom_cases`).
+#: for ``reference``, ``n_subjects``, ``n_val`` and ``real_lesion_share`` describe its own phantom and ``real_share``
+#: the share of patches from the real sample patient26
+#: (see :func:`mstoolkit.segmentation.training_data.reference_training_cases`).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(epochs=2, iterations_per_epoch=4, patch_size=(32, 32, 32), batch_size=2),
     # = notebook 03's `workshop` profile: about 7 minutes on 2 CPU cores, under 2 GB; learning rate 5e-3

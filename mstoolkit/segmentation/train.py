@@ -42,7 +42,7 @@ from mstoolkit.segmentation.training_data import (
     ignore_unlabelled,
     load_training_cases,
     make_patch_sampler,
-    reference_phantom_cases,
+    reference_training_cases,
     sample_batch,
 )
 from mstoolkit.segmentation.validation import tune_postprocessing, validation_dice
@@ -447,6 +447,7 @@ def cli_train(args) -> int:
     n_subjects = settings.pop("n_subjects", None)
     n_val = settings.pop("n_val", None)
     real_lesion_share = settings.pop("real_lesion_share", 0.0)
+    real_share = settings.pop("real_share", 0.0)
     if args.epochs is not None:
         settings["epochs"] = args.epochs
     config = TrainConfig(**settings, device=args.device, seed=args.seed, out_dir=args.out, resume=args.resume)
@@ -454,8 +455,10 @@ def cli_train(args) -> int:
         data_dir = Path(args.data)
         train_cases, val_cases = load_training_cases(data_dir, n_val=max(1, len(list(data_dir.glob("sub-*"))) // 5), sequences=config.sequences)
     elif args.preset == "reference":
-        print(f"Generating the reference training data: {n_subjects} phantom subjects over all scanner profiles.")
-        train_cases, val_cases = reference_phantom_cases(n_subjects, n_val=n_val or 1, real_lesion_share=real_lesion_share)
+        real = f", and the real sample patient26 for {real_share:.0%} of the patches" if real_share else ""
+        print(f"Generating the reference training data: {n_subjects} phantom subjects over all scanner profiles{real}.")
+        train_cases, val_cases = reference_training_cases(n_subjects, n_val=n_val or 1, real_lesion_share=real_lesion_share,
+                                                          real_share=real_share)
     else:
         split = subject_split(args.preset)
         data_dir = ensure_phantom(n_subjects=split.n_subjects, seed=0)
@@ -479,9 +482,10 @@ def cli_train(args) -> int:
         dice = [d for d in history["val_dice"] if d == d]
         print(f"{folder}: best validation Dice {max(dice) if dice else float('nan'):.3f} after {history['seconds'][-1]:.0f} s")
     if args.preset == "reference":
-        extra = {"title": REFERENCE_TITLE, "training_data": "mstoolkit.segmentation.training_data.reference_phantom_cases"
+        extra = {"title": REFERENCE_TITLE, "training_data": "mstoolkit.segmentation.training_data.reference_training_cases"
                  f"({n_subjects}, n_val={n_val or 1}, real_lesion_share={real_lesion_share}): phantom seeds "
-                 f"1000-{1000 + n_subjects - 1}, all scanner profiles; the last ones validation",
+                 f"1000-{1000 + n_subjects - 1}, all scanner profiles; the last ones validation"
+                 + (f"; open_ms_data patient26 (both halves) for {real_share:.2f} of the patches" if real_share else ""),
                  "training_seconds": results[0][1]["seconds"][-1]}
         exported = export_reference(folders[0] / "best.pt", Path(args.out) / "reference", extra=extra)
         print(f"Reference model written to {exported} (copy it to mstoolkit/segmentation/reference/ to ship it).")

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mstoolkit.segmentation.config import TrainConfig
 
 __all__ = ["UNLABELLED", "cache_cases", "split_train_val", "load_training_cases", "reference_phantom_cases",
-           "hemisphere", "label_only", "ignore_unlabelled"]
+           "hemisphere", "label_only", "ignore_unlabelled", "real_training_case", "reference_training_cases"]
 
 #: Label value of voxels whose truth training must not see (outside a case's ``meta["labelled_region"]``):
 #: the patch sampler never centres a patch there and :func:`ignore_unlabelled` takes them out of the loss.
@@ -220,3 +220,38 @@ def ignore_unlabelled(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     if not bool(unknown.any()):
         return logits, labels
     return logits.masked_fill(unknown, -20.0), labels.masked_fill(unknown, 0.0)
+
+
+def real_training_case(share: float, n_other: int, *, held_out_half: str | None = None) -> Case:
+    """open_ms_data patient26 (the shipped real sample, FLAIR + T1 + consensus mask) as a training case.
+
+    It is drawn for ``share`` of the patches when it joins ``n_other`` equally weighted cases
+    (a weight ``w`` among ``n`` cases of weight 1 gives it ``w / (n + w)`` of them). With
+    ``held_out_half`` (``"left"`` or ``"right"``) only the other half teaches, so the held-out
+    half can measure the model on real tissue it never learnt from (the hemisphere split,
+    ``benchmarks/bench_hemisphere_split.py``).
+    """
+    from mstoolkit.data.datasets import load_dataset_case, real_sample_dir
+
+    if not 0.0 < share < 1.0:
+        raise MSToolkitInputError(f"The real case's share of patches must be between 0 and 1, got {share!r}.")
+    case = load_dataset_case(real_sample_dir(), "patient26", sequences=("FLAIR", "T1"))
+    if held_out_half is None:
+        region = np.ones(case.shape, bool)
+    else:
+        region = hemisphere(case, {"left": "right", "right": "left"}.get(held_out_half, held_out_half))
+    return label_only(case, region, sampling_weight=share * n_other / (1.0 - share))
+
+
+def reference_training_cases(n_subjects: int, *, n_val: int = 1, real_lesion_share: float = 0.0, real_share: float = 0.0,
+                             held_out_half: str | None = None) -> tuple[list[Case], list[Case]]:
+    """The reference model's data: :func:`reference_phantom_cases`, plus patient26 for ``real_share`` of the patches.
+
+    Validation (the checkpoint, the threshold and the minimum lesion size) stays on the phantom
+    validation subjects, so nothing real is used for a choice; see :func:`real_training_case`
+    for ``held_out_half``.
+    """
+    train_cases, val_cases = reference_phantom_cases(n_subjects, n_val=n_val, real_lesion_share=real_lesion_share)
+    if real_share:
+        train_cases.append(real_training_case(real_share, len(train_cases), held_out_half=held_out_half))
+    return train_cases, val_cases
