@@ -3,7 +3,8 @@
 Times the whole command (Python start, model load, inference, writing files) on
 one 1 mm volume: the real open_ms_data case patient26 (FLAIR + T1, Lesjak et al.
 2018, CC-BY), each run in a fresh process, the fast path (what `mstoolkit segment`
-runs) and the previous path (``predict(..., fast=False)``: MONAI's sliding window,
+runs: bfloat16 on a CPU that multiplies it in hardware, else float32), the fast path in float32,
+and the previous path (``predict(..., fast=False)``: MONAI's sliding window in eager float32,
 two windows at a time) in turn, ``--runs`` times each; prints the median seconds,
 the ratio and the peak memory of each, and how far their masks agree (Dice and
 lesion count) on patient26 and on a phantom subject (seed 1000). With ground truth
@@ -26,6 +27,7 @@ Writes build/benchmarks/segment.json.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -35,19 +37,24 @@ from pathlib import Path
 
 from _common import thread_env, write_json
 
+#: The paths timed in turn: what `mstoolkit segment` runs (precision "auto": bfloat16 on CPUs that multiply it in
+#: hardware), the same in float32, and the previous path (MONAI's sliding window in eager float32), the reference.
+PATHS = {"fast": (True, "auto"), "fast_float32": (True, "float32"), "previous": (False, "float32")}
 
-def _segment(flair: Path, t1: Path, out: Path, threads: int, model: str, *, fast: bool = True) -> tuple[float, float]:
+
+def _segment(flair: Path, t1: Path, out: Path, threads: int, model: str, *, path: str = "fast") -> tuple[float, float]:
     """Segment in a fresh process as `mstoolkit segment` does; return (seconds, peak resident memory in MB).
 
-    ``fast=False`` runs the previous inference path, for comparison.
+    ``path`` is one of :data:`PATHS`.
     """
     env = thread_env(threads)
+    fast, precision = PATHS[path]
     command = [sys.executable, "-c",
                "import resource, sys; from mstoolkit.segmentation.inference import segment_files; "
                "segment_files(sys.argv[1], sys.argv[3], t1=sys.argv[2], model=sys.argv[4], device='cpu', "
-               "fast=sys.argv[5] == 'fast'); "
+               "fast=sys.argv[5] == 'fast', precision=sys.argv[6]); "
                "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
-               str(flair), str(t1), str(out), model, "fast" if fast else "previous"]
+               str(flair), str(t1), str(out), model, "fast" if fast else "previous", precision]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
@@ -141,10 +148,10 @@ def main() -> None:
         truth, _ = load_mask(sorted(folder.glob("GOLD_STANDARD_*.nii.gz"))[0])
         results["volume"] = "open_ms_data patient26 (MNI, 1 mm)"
         _segment(flair, t1, tmp / "warm", args.threads, args.model)  # warm the file cache once
-        runs: dict[str, list] = {"fast": [], "previous": []}
-        for _ in range(max(args.runs, 1)):  # in turn, so that a busy machine slows both alike
+        runs: dict[str, list] = {path: [] for path in PATHS}
+        for _ in range(max(args.runs, 1)):  # in turn, so that a busy machine slows them alike
             for path in runs:
-                runs[path].append(_segment(flair, t1, tmp / path, args.threads, args.model, fast=path == "fast"))
+                runs[path].append(_segment(flair, t1, tmp / path, args.threads, args.model, path=path))
         for path, measured in runs.items():
             results[f"{path}_seconds"] = [round(seconds, 2) for seconds, _ in measured]
             results[f"{path}_median_seconds"] = round(statistics.median(seconds for seconds, _ in measured), 2)
@@ -153,12 +160,17 @@ def main() -> None:
         results["segment_seconds"], results["segment_peak_mb"] = results["fast_median_seconds"], results["fast_peak_mb"]
         print(f"mstoolkit segment on {results['volume']}, {args.threads} threads, fresh process, median of {len(runs['fast'])}:")
         for path in runs:
-            print(f"  {path:8s} {results[f'{path}_median_seconds']:5.1f} s  (runs {results[f'{path}_seconds']}), "
+            print(f"  {path:12s} {results[f'{path}_median_seconds']:5.1f} s  (runs {results[f'{path}_seconds']}), "
                   f"peak {results[f'{path}_peak_mb']} MB")
         print(f"  fast / previous: {1 / results['speedup']:.2f} of the time ({results['speedup']:.2f}x faster; target <= 5 s)")
+        precision = json.loads((tmp / "fast" / "report.json").read_text())["settings"]["precision"]
+        results["fast_precision"] = precision
+        print(f"  the fast path computed in {precision} on this CPU")
         fast_mask, _ = load_mask(tmp / "fast" / "lesion_mask.nii.gz")
         previous_mask, _ = load_mask(tmp / "previous" / "lesion_mask.nii.gz")
+        float32_mask, _ = load_mask(tmp / "fast_float32" / "lesion_mask.nii.gz")
         results["agreement_patient26"] = _agreement(fast_mask, previous_mask, (1.0, 1.0, 1.0))
+        results["agreement_patient26_fast_float32"] = _agreement(float32_mask, previous_mask, (1.0, 1.0, 1.0))
         results["agreement_phantom"] = _phantom_agreement(args.model)
         for name in ("patient26", "phantom"):
             print(f"  masks fast vs previous, {name}: {results['agreement_' + name]} (needed: Dice >= 0.999, same count)")

@@ -151,6 +151,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--min-lesion-mm3", type=float, default=None,
                    help="drop lesions smaller than this (default: the model's own, chosen on validation data; 0 keeps all)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="arithmetic; auto: bfloat16 on CPUs that multiply it in hardware (same mask to Dice >= 0.999), "
+                        "else float32")
     p.set_defaults(run=_handler("segmentation.inference", "cli_segment"))
 
 

@@ -276,11 +276,40 @@ def test_fast_predict_gives_the_previous_mask(one_thread):
     case = _case((30, 34, 24))
     model = _toy_unet()
     model.threshold = 0.5
-    fast_probability, fast_mask = predict(model, case, roi_size=(20, 20, 20), tta=True)  # 8 windows, 4 flips
+    # float32 on both sides: this checks the windows and their blending (bfloat16 is checked below)
+    fast_probability, fast_mask = predict(model, case, roi_size=(20, 20, 20), tta=True, precision="float32")  # 8 windows, 4 flips
     previous_probability, previous_mask = predict(model, case, roi_size=(20, 20, 20), tta=True, fast=False)
     np.testing.assert_allclose(fast_probability, previous_probability, atol=1e-5)
     assert fast_mask.any() and dice(fast_mask, previous_mask) >= 0.999
     assert label_lesions(fast_mask, spacing=case.spacing)[1] == label_lesions(previous_mask, spacing=case.spacing)[1]
+
+
+def test_precision_auto_takes_bfloat16_only_where_it_was_verified(monkeypatch):
+    from mstoolkit.segmentation import inference
+    from mstoolkit.segmentation.inference import inference_precision
+
+    tiny, other = _toy_unet(), build_model("attention_unet", in_channels=2, features=(4, 8, 16))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    assert inference_precision(tiny, cpu) == "bfloat16"
+    assert inference_precision(other, cpu) == "float32"  # not measured against float32: never by default
+    assert inference_precision(tiny, torch.device("meta")) == "float32"  # GPUs and the rest keep float32
+    assert inference_precision(other, cpu, "bfloat16") == "bfloat16"  # asked for explicitly
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: False)
+    assert inference_precision(tiny, cpu) == "float32"  # emulated bfloat16 is slower than float32
+    with pytest.raises(MSToolkitInputError, match="Unknown precision 'half'; allowed: auto, float32, bfloat16"):
+        inference_precision(tiny, cpu, "half")
+
+
+def test_bfloat16_predict_stays_close_to_float32_and_keeps_float32_logits(one_thread):
+    case = _case((30, 34, 24))
+    model = _toy_unet()
+    float32, _ = predict(model, case, roi_size=(20, 20, 20), precision="float32")
+    bfloat16, _ = predict(model, case, roi_size=(20, 20, 20), precision="bfloat16")
+    assert not np.array_equal(float32, bfloat16)  # bfloat16 did run
+    assert np.abs(float32 - bfloat16).max() < 0.05
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.zeros(1, 2, 8, 8, 8)).dtype == torch.float32  # the output layer stays float32
 
 
 class _FakeLibc:

@@ -40,7 +40,7 @@ from mstoolkit.data.io import Case, MSToolkitInputError, bounding_box, spacing_f
 from mstoolkit.runtime import pick_device, release_memory
 
 __all__ = ["brain_region", "prepare_inputs", "check_model_inputs", "window_starts", "gaussian_weights", "sliding_window_logits",
-           "predict", "remove_small_lesions", "lesion_report", "segment_files", "cli_segment"]
+           "PRECISIONS", "cpu_has_native_bfloat16", "inference_precision", "predict", "remove_small_lesions", "lesion_report", "segment_files", "cli_segment"]
 
 
 def brain_region(case: Case) -> np.ndarray:
@@ -179,6 +179,39 @@ def keep_freed_memory_for_reuse():
             mallopt(trim_threshold, default)
 
 
+#: Arithmetic choices of :func:`predict`: ``"auto"`` picks bfloat16 where it is fast and verified, else float32.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (Intel AMX or AVX512-BF16), where it is ~3x faster than float32.
+
+    Elsewhere PyTorch emulates bfloat16, which is slower than float32.
+    """
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a PyTorch without these queries: do not guess
+        return False
+
+
+def inference_precision(model: nn.Module, device: torch.device, precision: str = "auto") -> str:
+    """``"float32"`` or ``"bfloat16"``: what :func:`predict` computes in.
+
+    ``"auto"`` takes bfloat16 only for the toolkit's :class:`~mstoolkit.segmentation.models.TinyUNet`
+    (whose output layer stays float32) on a CPU with :func:`cpu_has_native_bfloat16`: there its masks
+    were measured against float32 (Dice ≥ 0.999, ``benchmarks/bench_segment.py``). Other models,
+    GPUs and other CPUs get float32.
+    """
+    from mstoolkit.segmentation.models import TinyUNet
+
+    if precision not in PRECISIONS:
+        raise MSToolkitInputError(f"Unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        native = device.type == "cpu" and cpu_has_native_bfloat16()
+        return "bfloat16" if native and isinstance(model, TinyUNet) else "float32"
+    return precision
+
+
 def check_model_inputs(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``inputs`` (channels, x, y, z) as a detached float32 tensor; a clear error for another shape or NaNs.
 
@@ -207,6 +240,7 @@ def predict(
     roi_size: Sequence[int] = (96, 96, 96),
     overlap: float = 0.25,
     fast: bool = True,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lesion probability and binary mask for a whole case, on the case's grid.
 
@@ -233,6 +267,8 @@ def predict(
         ``torch.inference_mode`` and :func:`keep_freed_memory_for_reuse` (~3x faster on a 2-core CPU).
         False: the previous path (MONAI's sliding window, two windows at a time, under ``torch.no_grad``),
         kept to check the fast one against: the masks agree to Dice ≥ 0.999 (benchmarks/bench_segment.py).
+    precision : "auto", "float32" or "bfloat16"
+        The fast path's arithmetic (:func:`inference_precision`); the previous path is always float32.
 
     Returns
     -------
@@ -262,13 +298,15 @@ def predict(
     cropped = torch.as_tensor(np.ascontiguousarray(inputs[(slice(None), *box)]))[None].to(torch_device)
     flips = [()] + ([(2,), (3,), (4,)] if tta else [])
     total = torch.zeros(cropped.shape[2:], dtype=torch.float32)
+    bfloat16 = fast and inference_precision(model, torch_device, precision) == "bfloat16"
     if fast:
         # on a CPU a batch of two 96³ windows runs slower than the two one after the other (memory, not compute, limits)
         windows_at_once = 1 if torch_device.type == "cpu" else 2
         no_autograd, memory = torch.inference_mode(), keep_freed_memory_for_reuse()
     else:
         windows_at_once, no_autograd, memory = 2, torch.no_grad(), nullcontext()
-    with no_autograd, memory:
+    arithmetic = torch.autocast(torch_device.type, dtype=torch.bfloat16) if bfloat16 else nullcontext()
+    with no_autograd, memory, arithmetic:
         for axes in flips:
             flipped = torch.flip(cropped, axes) if axes else cropped
             logits = sliding_window_logits(model, flipped, roi_size, overlap, sw_batch_size=windows_at_once, use_monai=not fast)
@@ -340,10 +378,12 @@ def segment_files(
     min_lesion_mm3: float | None = None,
     tta: bool = False,
     fast: bool = True,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Segment one scan from files; write mask, probability (on the FLAIR's grid) and ``report.json``.
 
-    Returns the report. ``fast=False`` runs :func:`predict`'s previous path (for benchmarks).
+    Returns the report. ``fast=False`` runs :func:`predict`'s previous path (for benchmarks); ``precision``
+    is :func:`predict`'s.
     Used by ``mstoolkit segment``; introduced in notebook 03.
     """
     from mstoolkit import __version__
@@ -354,6 +394,7 @@ def segment_files(
     paths = {"FLAIR": flair, "T1": t1, "T2": t2}
     paths = {name: Path(p) for name, p in paths.items() if p is not None}
     net, config = load_model(model, device=device)
+    used_precision = inference_precision(net, pick_device(device, verbose=False), precision) if fast else "float32"
     sequences = list(config["sequences"])
     missing = [s for s in sequences if s not in paths]
     if missing:
@@ -375,7 +416,7 @@ def segment_files(
         images = {name: np.where(brain > 0, image, 0).astype(np.float32) for name, image in images.items()}
     case = Case(case_id=paths["FLAIR"].name.split(".nii")[0], images=images, affine=flair_affine, brain_mask=brain)
     probability, mask = predict(net, case, sequences=sequences, tta=tta, threshold=threshold,
-                                min_lesion_mm3=min_lesion_mm3, device=device, fast=fast)
+                                min_lesion_mm3=min_lesion_mm3, device=device, fast=fast, precision=precision)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_like(out_dir / "lesion_mask.nii.gz", mask, paths["FLAIR"], dtype=np.uint8)
@@ -389,7 +430,7 @@ def segment_files(
                   "version": config.get("version", __version__), "source": str(model)},
         "inputs": {name: str(path.resolve()) for name, path in paths.items()},
         "settings": {"threshold": used_threshold, "min_lesion_mm3": used_min_lesion, "tta": tta,
-                     "skull_strip": skull_strip, "register": register},
+                     "skull_strip": skull_strip, "register": register, "precision": used_precision},
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_atomic(out_dir / "report.json", json.dumps(report, indent=2))
@@ -417,7 +458,7 @@ def cli_segment(args) -> int:
     """``mstoolkit segment --flair F [--t1 F] --out DIR``: write the mask, probability and report."""
     report = segment_files(args.flair, args.out, t1=args.t1, t2=args.t2, model=args.model, device=args.device,
                            skull_strip=args.skull_strip, register=args.register, threshold=args.threshold,
-                           min_lesion_mm3=args.min_lesion_mm3, tta=args.tta)
+                           min_lesion_mm3=args.min_lesion_mm3, tta=args.tta, precision=args.precision)
     print(f"{report['lesion_count']} lesion(s), {report['total_volume_ml']:.2f} mL in total "
           f"({report['seconds']:.1f} s). Wrote lesion_mask.nii.gz, lesion_probability.nii.gz and report.json to {args.out}")
     return 0

@@ -129,7 +129,10 @@ class TinyUNet(nn.Module):
         x = self.bottleneck(x)
         for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
             x = decoder(torch.cat([upsample(x), skip], dim=1))
-        return self.head(x)[..., : size[0], : size[1], : size[2]]
+        # The 1×1 output layer in float32 even under bfloat16 autocast: bfloat16 logits (3 significant digits)
+        # move voxels across the threshold, float32 ones keep the mask (inference.predict, precision="bfloat16").
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x.float())[..., : size[0], : size[1], : size[2]]
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int, minimum: int = 0) -> torch.Tensor:
