@@ -126,7 +126,7 @@ def _add_preprocess(sub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a segmentation model")
-    p.add_argument("--preset", default="workshop", help="quick, workshop, full or reference")
+    p.add_argument("--preset", default="workshop", help="quick, workshop, full, reference or reference_v2")
     p.add_argument("--data", default=None, help="dataset folder (default: generate the phantom)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and history")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -143,7 +143,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--t1", default=None)
     p.add_argument("--t2", default=None)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default="reference", help="'reference' or a checkpoint path")
+    p.add_argument("--model", default="reference", help="'reference', 'reference-v2' (MODEL_CARD.md) or a checkpoint path")
     p.add_argument("--device", default="auto")
     p.add_argument("--skull-strip", action="store_true", help="skull-strip the inputs first")
     p.add_argument("--register", action="store_true", help="register T1/T2 to the FLAIR first")
@@ -207,7 +207,7 @@ def _add_study(sub) -> None:
     p.add_argument("--calling-aet", default="MSTOOLKIT", help="our AE title towards the PACS (default MSTOOLKIT)")
     p.add_argument("--series", action="append", default=None, metavar="ROLE=UID",
                    help="use this series for ROLE (FLAIR, T1, T1CE, T2) where identification is ambiguous; repeatable")
-    p.add_argument("--model", default="reference", help="'reference' or a checkpoint path")
+    p.add_argument("--model", default="reference", help="'reference', 'reference-v2' (MODEL_CARD.md) or a checkpoint path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.set_defaults(run=_handler("clinical.study", "cli_study"))
 
@@ -221,7 +221,7 @@ def _add_listen(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; 0.0.0.0 for all)")
     p.add_argument("--idle-seconds", type=float, default=10.0,
                    help="process a study once nothing more has arrived for it for this long (default 10)")
-    p.add_argument("--model", default="reference", help="'reference' or a checkpoint path")
+    p.add_argument("--model", default="reference", help="'reference', 'reference-v2' (MODEL_CARD.md) or a checkpoint path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.set_defaults(run=_handler("clinical.study", "cli_listen"))
 

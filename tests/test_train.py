@@ -242,7 +242,7 @@ def test_export_reference(cases, tmp_path):
 
 def test_presets_are_valid_configs():
     for name, settings in PRESETS.items():
-        settings = {k: v for k, v in settings.items() if k not in ("n_subjects", "n_val", "real_lesion_share")}
+        settings = {k: v for k, v in settings.items() if k not in ("n_subjects", "n_val", "real_lesion_share", "real_share")}
         assert TrainConfig(**settings).model_config()["name"] == "tiny_unet", name
 
 

@@ -107,3 +107,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                       augment="domain", learning_rate=5e-3, validate_every=6, dropout=0.1, positive_fraction=0.33,
                       ema_decay=0.995, n_subjects=18, n_val=2),
 }
+# The shipped model "reference-v2": the same recipe, plus the real sample patient26 (both halves) for a third of the
+# patches, chosen by the two-fold hemisphere split of patient26 (benchmarks/bench_hemisphere_split.py, MODEL_CARD.md).
+PRESETS["reference_v2"] = {**PRESETS["reference"], "real_share": 1 / 3}

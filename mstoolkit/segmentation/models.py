@@ -50,6 +50,10 @@ __all__ = [
 MODEL_NAMES = ("tiny_unet", "unet", "attention_unet", "swin_unetr")
 #: Folder of the reference model shipped with the package (weights + config JSON).
 REFERENCE_DIR = Path(__file__).parent / "reference"
+#: The models shipped with the package, by the name ``load_model`` and ``mstoolkit segment --model`` take.
+#: ``reference`` (phantom only) is the default and the one notebooks 04-06 explain; ``reference-v2`` also
+#: learnt from the real sample patient26, so patient26 is training data for it (MODEL_CARD.md).
+SHIPPED_MODELS = {"reference": REFERENCE_DIR, "reference-v2": Path(__file__).parent / "reference_v2"}
 #: Where notebook 03 saves its best model inside OUTPUT_DIR.
 NOTEBOOK_CHECKPOINT = Path("03_unet_training") / "best.pt"
 
@@ -324,9 +328,10 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
 
     Parameters
     ----------
-    source : "reference" or path
+    source : "reference", "reference-v2" or path
         ``"reference"`` loads the model shipped in the package (trained on the
-        phantom only; see MODEL_CARD.md). Otherwise a checkpoint written by
+        phantom only; see MODEL_CARD.md), ``"reference-v2"`` the one that also learnt from
+        patient26 (:data:`SHIPPED_MODELS`). Otherwise a checkpoint written by
         :func:`save_model` or by ``mstoolkit train`` (``best.pt``/``last.pt``),
         a folder holding ``best.pt``, or a folder written by :func:`export_reference`
         (``model.pt`` + ``config.json``).
@@ -344,8 +349,8 @@ def load_model(source: str | os.PathLike = "reference", *, device: str = "cpu") 
     Introduced in notebook 03; notebooks 04–06 load the reference model with it.
     """
     device = pick_device(device, verbose=False)
-    shipped = str(source) == "reference"
-    exported = REFERENCE_DIR if shipped else Path(source)
+    shipped = str(source) in SHIPPED_MODELS
+    exported = SHIPPED_MODELS[str(source)] if shipped else Path(source)
     hint = "reinstall mstoolkit" if shipped else "pass 'reference' or a best.pt written by `mstoolkit train`"
     if shipped or (exported / "config.json").is_file():  # the shipped model, or a folder written by export_reference
         try:

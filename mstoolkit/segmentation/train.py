@@ -454,7 +454,7 @@ def cli_train(args) -> int:
     if args.data:
         data_dir = Path(args.data)
         train_cases, val_cases = load_training_cases(data_dir, n_val=max(1, len(list(data_dir.glob("sub-*"))) // 5), sequences=config.sequences)
-    elif args.preset == "reference":
+    elif n_subjects is not None:  # the reference presets: their own phantom (+ patient26)
         real = f", and the real sample patient26 for {real_share:.0%} of the patches" if real_share else ""
         print(f"Generating the reference training data: {n_subjects} phantom subjects over all scanner profiles{real}.")
         train_cases, val_cases = reference_training_cases(n_subjects, n_val=n_val or 1, real_lesion_share=real_lesion_share,
@@ -481,12 +481,14 @@ def cli_train(args) -> int:
         plt.close(fig)
         dice = [d for d in history["val_dice"] if d == d]
         print(f"{folder}: best validation Dice {max(dice) if dice else float('nan'):.3f} after {history['seconds'][-1]:.0f} s")
-    if args.preset == "reference":
-        extra = {"title": REFERENCE_TITLE, "training_data": "mstoolkit.segmentation.training_data.reference_training_cases"
+    if n_subjects is not None:
+        extra = {"title": REFERENCE_TITLE + (" v2, also trained on patient26" if real_share else ""),
+                 "training_data": "mstoolkit.segmentation.training_data.reference_training_cases"
                  f"({n_subjects}, n_val={n_val or 1}, real_lesion_share={real_lesion_share}): phantom seeds "
                  f"1000-{1000 + n_subjects - 1}, all scanner profiles; the last ones validation"
                  + (f"; open_ms_data patient26 (both halves) for {real_share:.2f} of the patches" if real_share else ""),
                  "training_seconds": results[0][1]["seconds"][-1]}
         exported = export_reference(folders[0] / "best.pt", Path(args.out) / "reference", extra=extra)
-        print(f"Reference model written to {exported} (copy it to mstoolkit/segmentation/reference/ to ship it).")
+        folder = "reference_v2" if real_share else "reference"
+        print(f"Reference model written to {exported} (copy it to mstoolkit/segmentation/{folder}/ to ship it).")
     return 0
