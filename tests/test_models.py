@@ -130,3 +130,17 @@ def test_reference_model_loads_and_is_small():
     assert json.loads((REFERENCE_DIR / "config.json").read_text())["version"]
     with torch.no_grad():
         assert model(torch.zeros(1, 2, 9, 8, 7)).shape == (1, 1, 9, 8, 7)
+
+
+def test_both_shipped_models_load_by_name_and_differ():
+    from mstoolkit.segmentation.models import SHIPPED_MODELS
+
+    v1, v1_config = load_model("reference")
+    v2, v2_config = load_model("reference-v2")
+    assert (SHIPPED_MODELS["reference-v2"] / "model.pt").stat().st_size < 20 * 2**20
+    assert v2_config["sequences"] == ["FLAIR", "T1"] and "patient26" in v2_config["training_data"]
+    assert "patient26" not in v1_config["training_data"]  # the default stays the phantom-only model
+    assert v2_config["trained"]["train_config"]["ema_decay"] == v1_config["trained"]["train_config"]["ema_decay"]
+    inputs = torch.randn(1, 2, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.allclose(v1(inputs), v2(inputs))

@@ -482,7 +482,7 @@ def cli_train(args) -> int:
         dice = [d for d in history["val_dice"] if d == d]
         print(f"{folder}: best validation Dice {max(dice) if dice else float('nan'):.3f} after {history['seconds'][-1]:.0f} s")
     if n_subjects is not None:
-        extra = {"title": REFERENCE_TITLE + (" v2, also trained on patient26" if real_share else ""),
+        extra = {"title": "mstoolkit reference tiny U-Net v2 (phantom + patient26, FLAIR+T1)" if real_share else REFERENCE_TITLE,
                  "training_data": "mstoolkit.segmentation.training_data.reference_training_cases"
                  f"({n_subjects}, n_val={n_val or 1}, real_lesion_share={real_lesion_share}): phantom seeds "
                  f"1000-{1000 + n_subjects - 1}, all scanner profiles; the last ones validation"
