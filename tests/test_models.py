@@ -139,6 +139,9 @@ def test_both_shipped_models_load_by_name_and_differ():
     v2, v2_config = load_model("reference-v2")
     assert (SHIPPED_MODELS["reference-v2"] / "model.pt").stat().st_size < 20 * 2**20
     assert v2_config["sequences"] == ["FLAIR", "T1"] and "patient26" in v2_config["training_data"]
+    from mstoolkit.segmentation.config import REFERENCE_V2_TITLE
+
+    assert v2_config["title"] == REFERENCE_V2_TITLE  # what mstoolkit train --preset reference_v2 writes
     assert "patient26" not in v1_config["training_data"]  # the default stays the phantom-only model
     assert v2_config["trained"]["train_config"]["ema_decay"] == v1_config["trained"]["train_config"]["ema_decay"]
     inputs = torch.randn(1, 2, 16, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -14,7 +14,7 @@ from typing import Any
 
 from mstoolkit.data.io import MSToolkitInputError
 
-__all__ = ["LOSS_NAMES", "PRESETS", "REFERENCE_TITLE", "TrainConfig"]
+__all__ = ["LOSS_NAMES", "PRESETS", "REFERENCE_TITLE", "REFERENCE_V2_TITLE", "TrainConfig"]
 
 #: Names accepted by :func:`build_loss`.
 LOSS_NAMES = ("dice", "dice_ce", "dice_focal", "tversky", "generalized_dice", "focal")
@@ -86,6 +86,8 @@ class TrainConfig:
 
 #: Name of the shipped reference model (reports and ``mstoolkit segment`` print it).
 REFERENCE_TITLE = "mstoolkit reference tiny U-Net (phantom-trained, FLAIR+T1)"
+#: Name of the shipped model ``reference-v2`` (preset ``reference_v2``: also trained on patient26).
+REFERENCE_V2_TITLE = "mstoolkit reference tiny U-Net v2 (phantom + patient26, FLAIR+T1)"
 
 #: Named settings for ``mstoolkit train --preset``. Without ``--data``, ``quick``, ``workshop`` and ``full`` train
 #: and validate on the subjects of the notebooks' split of the same name (:data:`mstoolkit.data.datasets.SUBJECT_SPLITS`);

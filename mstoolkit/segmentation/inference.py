@@ -298,7 +298,8 @@ def predict(
     cropped = torch.as_tensor(np.ascontiguousarray(inputs[(slice(None), *box)]))[None].to(torch_device)
     flips = [()] + ([(2,), (3,), (4,)] if tta else [])
     total = torch.zeros(cropped.shape[2:], dtype=torch.float32)
-    bfloat16 = fast and inference_precision(model, torch_device, precision) == "bfloat16"
+    chosen = inference_precision(model, torch_device, precision)  # checks the option on both paths
+    bfloat16 = fast and chosen == "bfloat16"
     if fast:
         # on a CPU a batch of two 96³ windows runs slower than the two one after the other (memory, not compute, limits)
         windows_at_once = 1 if torch_device.type == "cpu" else 2

@@ -35,7 +35,7 @@ from torch import nn
 from mstoolkit.data.io import Case, MSToolkitInputError, write_atomic
 from mstoolkit.display.plots import plot_history
 from mstoolkit.runtime import pick_device, release_memory
-from mstoolkit.segmentation.config import LOSS_NAMES, PRESETS, REFERENCE_TITLE, TrainConfig
+from mstoolkit.segmentation.config import LOSS_NAMES, PRESETS, REFERENCE_TITLE, REFERENCE_V2_TITLE, TrainConfig
 from mstoolkit.segmentation.models import build_model, export_reference, save_model
 from mstoolkit.segmentation.training_data import (
     cache_cases,
@@ -482,7 +482,7 @@ def cli_train(args) -> int:
         dice = [d for d in history["val_dice"] if d == d]
         print(f"{folder}: best validation Dice {max(dice) if dice else float('nan'):.3f} after {history['seconds'][-1]:.0f} s")
     if n_subjects is not None:
-        extra = {"title": "mstoolkit reference tiny U-Net v2 (phantom + patient26, FLAIR+T1)" if real_share else REFERENCE_TITLE,
+        extra = {"title": REFERENCE_V2_TITLE if real_share else REFERENCE_TITLE,
                  "training_data": "mstoolkit.segmentation.training_data.reference_training_cases"
                  f"({n_subjects}, n_val={n_val or 1}, real_lesion_share={real_lesion_share}): phantom seeds "
                  f"1000-{1000 + n_subjects - 1}, all scanner profiles; the last ones validation"

@@ -216,9 +216,7 @@ def ignore_unlabelled(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 
     Works for every loss of :func:`mstoolkit.segmentation.train.build_loss` without changing it.
     """
-    unknown = labels == UNLABELLED
-    if not bool(unknown.any()):
-        return logits, labels
+    unknown = labels == UNLABELLED  # no test of unknown.any(): on a GPU it would wait for the device every step
     return logits.masked_fill(unknown, -20.0), labels.masked_fill(unknown, 0.0)
 
 
