@@ -3,7 +3,7 @@
 Three parts:
 
 * ``--select``: the parameter sweep the defaults of :mod:`mstoolkit.longitudinal.change`
-  were chosen on: phantom pairs only (``generate_longitudinal_pair``, seeds 8000-8005, every
+  were chosen on (the gate, voxel or component, included): phantom pairs only (``generate_longitudinal_pair``, seeds 8000-8005, every
   scanner profile, one with 3 mm slices). The real pairs are never used to choose anything.
 * phantom test pairs (seeds 8100-8103, not used by the sweep), scored with the defaults. The
   phantom's change mask holds the voxels of new and enlarged lesions on the baseline grid, so
@@ -26,7 +26,11 @@ changes under 3 mm³ removed from both masks as anima does) and voxel Dice of ch
 ``--method learned`` scores the change network (mstoolkit.longitudinal.learned) instead of the
 statistical map, on the same phantom test pairs and real pairs.
 
-Run: python benchmarks/bench_longitudinal.py [--threads 2] [--select] [--model none|reference] [--method statistical|learned] [--skip-real]
+``--gate``, ``--change-z`` and ``--hyperintensity-z`` score other settings than the defaults on
+the same held-out pairs (the output file's name then lists them).
+
+Run: python benchmarks/bench_longitudinal.py [--threads 2] [--select] [--model none|reference] [--method statistical|learned]
+     [--gate voxel|component] [--change-z Z] [--hyperintensity-z Z] [--skip-real] [--skip-phantom]
 Writes build/benchmarks/longitudinal.json (and longitudinal_selection.json with --select).
 """
 
@@ -79,8 +83,8 @@ def select_on_phantom() -> dict:
                                skull_stripped=True)
         prepared.append((seed, profile, baseline, followup, truth, first))
         print(f"prepared phantom pair {seed} ({profile})", flush=True)
-    grid = {"smoothing_mm": (0.5, 1.0), "change_z": (3.0, 4.0, 5.0), "hyperintensity_z": (2.0, 2.5, 3.0),
-            "min_size_mm3": (3.0, 10.0, 30.0)}
+    grid = {"gate": ("voxel", "component"), "smoothing_mm": (0.5, 1.0), "change_z": (3.0, 4.0, 5.0, 6.0),
+            "hyperintensity_z": (2.0, 2.5, 3.0), "min_size_mm3": (3.0, 10.0, 30.0)}
     rows = []
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values))
@@ -98,7 +102,7 @@ def select_on_phantom() -> dict:
     return {"seeds": list(SELECTION_SEEDS), "grid": grid, "best": best, "rows": rows}
 
 
-def phantom_test(model_name: str, method: str) -> dict:
+def phantom_test(model_name: str, method: str, settings: dict) -> dict:
     from mstoolkit.longitudinal.change import detect_changes
 
     model = sequences = None
@@ -119,7 +123,7 @@ def phantom_test(model_name: str, method: str) -> dict:
         result = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
                                 baseline_t1=baseline.images["T1"], followup_t1=followup.images["T1"],
                                 skull_stripped=True, model=model, model_sequences=sequences or ("FLAIR", "T1"),
-                                method=method, change_network=change_network)
+                                method=method, change_network=change_network, **settings)
         rows.append({"seed": seed, "profile": profile, "spacing": spacing, "seconds": round(time.perf_counter() - started, 1),
                      **_score_phantom(result, baseline, followup, truth)})
         print(rows[-1], flush=True)
@@ -134,7 +138,7 @@ def _score_real(change_mask: Path, patient: Path, study: str | None) -> dict:
     return {k: round(float(v), 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
-def real_pairs(threads: int, model_name: str, method: str) -> dict:
+def real_pairs(threads: int, model_name: str, method: str, settings: dict) -> dict:
     from mstoolkit.data.io import save_image
     from mstoolkit.longitudinal.change import to_common_space
 
@@ -146,7 +150,9 @@ def real_pairs(threads: int, model_name: str, method: str) -> dict:
         patient = SHARED / name
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            model_args = ["--model", model_name, "--method", method]
+            setting_args = [f"--{name.replace('_', '-')}" if i == 0 else str(value)
+                            for name, value in settings.items() for i in (0, 1)]
+            model_args = ["--model", model_name, "--method", method, *setting_args]
             t1_args = []
             for flag, study in (("--baseline-t1", "study1"), ("--followup-t1", "study2")):
                 if (patient / f"{study}_T1W.nii.gz").exists():
@@ -165,7 +171,8 @@ def real_pairs(threads: int, model_name: str, method: str) -> dict:
             reg_out = tmp / "registered"
             seconds, peak_mb = run_cli(["longitudinal", "--baseline", str(tmp / "study1_common.nii.gz"),
                                         "--followup", str(tmp / "study2_common.nii.gz"), "--out", str(reg_out),
-                                        "--registered", "--model", "none", "--method", method, "--device", "cpu"], threads)
+                                        "--registered", "--model", "none", "--method", method, *setting_args,
+                                        "--device", "cpu"], threads)
             registered = {"seconds": round(seconds, 1), "peak_mb": round(peak_mb), **_score_real(reg_out / "change_mask.nii.gz", patient, None)}
         results[name] = {"raw": raw, "registered": registered}
         print(name, results[name], flush=True)
@@ -181,6 +188,10 @@ def main() -> None:
     parser.add_argument("--model", default="none", help="'none' (FLAIR only, the default here) or 'reference'")
     parser.add_argument("--method", default="statistical", choices=("statistical", "learned"),
                         help="what decides growth: the statistical map (default) or the change network")
+    parser.add_argument("--gate", choices=("voxel", "component"), default=None,
+                        help="score another gate than the default (held-out pairs; never used to choose)")
+    parser.add_argument("--change-z", type=float, default=None)
+    parser.add_argument("--hyperintensity-z", type=float, default=None)
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-phantom", action="store_true")
     args = parser.parse_args()
@@ -188,12 +199,16 @@ def main() -> None:
     if args.select:
         write_json("longitudinal_selection", select_on_phantom())
         return
-    out = {"threads": args.threads, "model": args.model, "method": args.method}
+    # Settings other than the package's defaults, by their detect_changes names (empty: the defaults).
+    settings = {name: value for name, value in (("gate", args.gate), ("change_z", args.change_z),
+                                                ("hyperintensity_z", args.hyperintensity_z)) if value is not None}
+    out = {"threads": args.threads, "model": args.model, "method": args.method, "settings": settings}
     if not args.skip_phantom:
-        out["phantom_test"] = phantom_test(args.model, args.method)
+        out["phantom_test"] = phantom_test(args.model, args.method, settings)
     if not args.skip_real:
-        out["real_heldout"] = real_pairs(args.threads, args.model, args.method)
-    write_json("longitudinal" if args.method == "statistical" else f"longitudinal_{args.method}", out)
+        out["real_heldout"] = real_pairs(args.threads, args.model, args.method, settings)
+    name = "longitudinal" if args.method == "statistical" else f"longitudinal_{args.method}"
+    write_json("_".join([name, *(f"{key}-{value}" for key, value in settings.items())]), out)
 
 
 if __name__ == "__main__":

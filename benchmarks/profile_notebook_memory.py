@@ -15,6 +15,7 @@ much the cell raised the peak, and the cell's first line.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from _common import ROOT
 
 MARKER = "__MEMORY__"
+PROBE_LINE = re.compile(MARKER + r" (\d+) (\d+) (\d+)")
 # Appended to each code cell; ru_maxrss is the kernel's own peak (KiB on Linux), statm field 1 its resident pages.
 PROBE = (
     "\nimport os as _os, resource as _resource\n"
@@ -59,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'cell':>4} {'peak MB':>8} {'now MB':>7} {'+peak':>6}  first line")
     previous_peak = 0
     for cell in ran.cells:
-        for output in cell.get("outputs", []):
-            for line in output.get("text", "").splitlines() if output.get("name") == "stdout" else []:
-                if line.startswith(MARKER):
-                    _, index, peak, now = line.split()
-                    peak, now = int(peak), int(now)
-                    print(f"{index:>4} {peak:>8} {now:>7} {peak - previous_peak:>+6}  {first_lines[int(index)]}")
-                    previous_peak = peak
+        # A cell's stdout can arrive in several stream outputs, split anywhere (even inside the
+        # probe's line), and the cell's own output may not end in a newline: join, then search.
+        stdout = "".join(output.get("text", "") for output in cell.get("outputs", []) if output.get("name") == "stdout")
+        for index, peak, now in PROBE_LINE.findall(stdout):
+            peak, now = int(peak), int(now)
+            print(f"{index:>4} {peak:>8} {now:>7} {peak - previous_peak:>+6}  {first_lines[int(index)]}")
+            previous_peak = peak
     return 0
 
 

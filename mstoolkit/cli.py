@@ -190,6 +190,13 @@ def _add_longitudinal(sub) -> None:
                    help="what decides growth: the statistical change map (default) or the change network trained on phantom pairs")
     p.add_argument("--change-model", default=None,
                    help="with --method learned: a checkpoint from benchmarks/train_change_model.py (default: the shipped one)")
+    p.add_argument("--change-z", type=float, default=None,
+                   help="scaled difference above which a voxel has changed (default: the package's DEFAULT_CHANGE_Z, 5)")
+    p.add_argument("--hyperintensity-z", type=float, default=None,
+                   help="robust FLAIR z-score above which tissue is lesion-like (default: DEFAULT_HYPERINTENSITY_Z, 2.5)")
+    p.add_argument("--gate", choices=("voxel", "component"), default=None,
+                   help="how FLAIR brightness gates the change map: changed voxels that are bright themselves (voxel), or "
+                        "whole changed components with a bright voxel (component); default: the package's DEFAULT_GATE")
     p.add_argument("--min-size-mm3", type=float, default=3.0,
                    help="ignore changes smaller than this (default 3 mm³, as anima / MSSEG-2)")
     p.add_argument("--enlarging-ratio", type=float, default=1.5,

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from mstoolkit.cli import main
+from mstoolkit.data.io import MSToolkitInputError
 from mstoolkit.evaluation.change_metrics import change_detection, count_agreement, evaluate_change, is_active
-from mstoolkit.longitudinal.change import ENLARGING, NEW, SHRINKING, classify_changes, detect_changes
+from mstoolkit.longitudinal.change import ENLARGING, NEW, SHRINKING, classify_changes, detect_changes, gate_changes
 
 SHAPE = (48, 48, 28)
 CENTRES = {"stable": (16, 24, 14), "enlarging": (32, 24, 14), "new": (24, 14, 14), "resolved": (24, 34, 14)}
@@ -97,6 +98,33 @@ def test_a_lesion_that_grows_less_than_the_ratio_is_stable():
     labels, lesions = classify_changes(change, lesion_before, lesion_after, brain, np.eye(4), enlarging_ratio=1.3,
                                        min_size_mm3=51)
     assert lesions == []
+
+
+def test_the_component_gate_keeps_a_changed_component_whole_when_part_of_it_is_bright():
+    changed = np.zeros((20, 20, 20), bool)
+    changed[4:10, 4:10, 4:10] = True  # a new lesion, 216 mm³ of changed tissue ...
+    bright = np.zeros_like(changed)
+    bright[6:8, 6:8, 6:8] = True  # ... of which only the core (8 mm³) passes the brightness gate
+    changed[14:17, 14:17, 14:17] = True  # a change with no bright voxel at all (e.g. CSF-dark to normal)
+    assert gate_changes(changed, bright, "voxel").sum() == 8
+    kept = gate_changes(changed, bright, "component")
+    assert kept.sum() == 216 and not kept[14:17, 14:17, 14:17].any()
+    change = np.where(changed, 10.0, 0.0).astype(np.float32)
+    brain, none = np.ones_like(changed, np.uint8), np.zeros_like(changed)
+    for gate, volume in (("voxel", 8.0), ("component", 216.0)):
+        labels, lesions = classify_changes(change, none, bright, brain, np.eye(4), gate=gate)
+        assert [(row["class"], row["changed_mm3"]) for row in lesions] == [("new", volume)]
+    with pytest.raises(MSToolkitInputError, match="unknown gate 'lesion'; allowed: voxel, component"):
+        gate_changes(changed, bright, "lesion")
+
+
+def test_both_gates_find_the_new_and_enlarging_lesion_and_ignore_the_stable_one(pair):
+    baseline, followup, affine = pair
+    result = detect_changes(baseline, affine, followup, affine, registered=True, skull_stripped=True, gate="component")
+    assert _class_at(result.labels, "new") == {NEW}
+    assert _class_at(result.labels, "enlarging") == {ENLARGING}
+    assert _class_at(result.labels, "resolved") == {SHRINKING}
+    assert _class_at(result.labels, "stable") == set()
 
 
 # --------------------------------------------------------------------------- metrics
@@ -182,6 +210,22 @@ def test_cli_writes_the_four_outputs_on_the_followup_grid(pair_files, tmp_path, 
     assert report["model"] is None  # the default: FLAIR hyperintensity alone (DEFAULT_MODEL)
 
 
+def test_cli_settings_reach_the_method_and_the_report(pair_files, tmp_path):
+    """--gate, --change-z and --hyperintensity-z change what is found and are recorded."""
+    paths, _ = pair_files
+    reports = {}
+    for name, extra in (("default", []), ("strict", ["--change-z", "1000"]),
+                        ("component", ["--gate", "component", "--change-z", "4", "--hyperintensity-z", "3"])):
+        out = tmp_path / name
+        assert main(["longitudinal", "--baseline", str(paths["baseline"]), "--followup", str(paths["followup"]),
+                     "--out", str(out), "--registered", "--skull-stripped", "--device", "cpu", *extra]) == 0
+        reports[name] = json.loads((out / "change_report.json").read_text())
+    assert (reports["default"]["settings"]["gate"], reports["default"]["settings"]["change_z"]) == ("voxel", 5.0)
+    assert sum(reports["strict"]["counts"].values()) == 0 < sum(reports["default"]["counts"].values())
+    assert {k: reports["component"]["settings"][k] for k in ("gate", "change_z", "hyperintensity_z")} == \
+        {"gate": "component", "change_z": 4.0, "hyperintensity_z": 3.0}
+
+
 def test_cli_with_the_reference_model_and_t1(pair_files, tmp_path):
     """The model's lesion calls are fused in (FLAIR + T1); the outputs stay on the follow-up grid."""
     paths, affine = pair_files
@@ -220,6 +264,8 @@ def _bad_inputs(folder, paths, affine) -> dict[str, list[str]]:
         "2D scan": ["--baseline", base, "--followup", str(folder / "two_d.nii.gz")],
         "missing file": ["--baseline", str(folder / "nowhere.nii.gz"), "--followup", follow],
         "ratio not above 1": ["--baseline", base, "--followup", follow, "--enlarging-ratio", "0.8"],
+        "change threshold not above 0": ["--baseline", base, "--followup", follow, "--change-z", "0"],
+        "brightness threshold not above 0": ["--baseline", base, "--followup", follow, "--hyperintensity-z", "-1"],
     }
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "NEW", "ENLARGING", "SHRINKING", "CLASS_NAMES",
     "DEFAULT_CHANGE_Z", "DEFAULT_HYPERINTENSITY_Z", "DEFAULT_SMOOTHING_MM", "DEFAULT_EDGE_MM",
     "DEFAULT_MIN_SIZE_MM3", "DEFAULT_ENLARGING_RATIO", "DEFAULT_MODEL", "METHODS", "DEFAULT_METHOD",
+    "GATES", "DEFAULT_GATE",
     "ChangeResult", "robust_zscore", "normal_appearing_tissue", "change_z_map", "classify_changes",
     "detect_changes", "longitudinal_files", "cli_longitudinal", "to_common_space", "score_in_common_space", "score_phantom_pair",
 ]
@@ -94,6 +95,13 @@ METHODS = ("statistical", "learned")
 #: co-registered against the network's 0.119 / 0.122, and on the phantom test pairs 0.328 against
 #: 0.269 (benchmarks/bench_longitudinal.py [--method learned]; MODEL_CARD.md).
 DEFAULT_METHOD = "statistical"
+
+#: Where "lesion-like" gates the change map. ``"voxel"``: a changed voxel counts only where the
+#: tissue itself is lesion-like (bright at the time point where it is bright). ``"component"``: a
+#: connected component of changed voxels counts whole when at least one of its voxels is
+#: lesion-like, so the rim of a growing lesion, still below the brightness gate, is kept with it.
+GATES = ("voxel", "component")
+DEFAULT_GATE = "voxel"
 
 _MAD_TO_SD = 1.4826  # scaled median absolute deviation = standard deviation for a normal distribution
 
@@ -189,6 +197,28 @@ def _touching(labels: np.ndarray, component: np.ndarray) -> list[int]:
     return [int(i) for i in found if i]
 
 
+def gate_changes(changed: np.ndarray, lesion_like: np.ndarray, gate: str = DEFAULT_GATE) -> np.ndarray:
+    """Changed voxels that the lesion-like mask lets through, voxel by voxel or component by component.
+
+    ``gate="voxel"`` keeps ``changed & lesion_like``; ``gate="component"`` keeps every
+    26-connected component of ``changed`` that holds at least one lesion-like voxel.
+
+    >>> import numpy as np
+    >>> changed = np.zeros((5, 5, 5), bool); changed[1:4, 2, 2] = True
+    >>> bright = np.zeros_like(changed); bright[2, 2, 2] = True
+    >>> int(gate_changes(changed, bright, "voxel").sum()), int(gate_changes(changed, bright, "component").sum())
+    (1, 3)
+    """
+    if gate not in GATES:
+        raise MSToolkitInputError(f"unknown gate {gate!r}; allowed: {', '.join(GATES)}.")
+    changed = np.asarray(changed, bool)
+    if gate == "voxel":
+        return changed & lesion_like
+    components, _ = _components(changed)
+    kept = np.unique(components[changed & lesion_like])
+    return np.isin(components, kept[kept > 0])
+
+
 def classify_changes(
     change_z: np.ndarray,
     lesion_baseline: np.ndarray,
@@ -200,6 +230,7 @@ def classify_changes(
     min_size_mm3: float = DEFAULT_MIN_SIZE_MM3,
     enlarging_ratio: float = DEFAULT_ENLARGING_RATIO,
     appeared: np.ndarray | None = None,
+    gate: str = DEFAULT_GATE,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Sort changed voxels into lesion-wise classes.
 
@@ -221,6 +252,8 @@ def classify_changes(
     appeared : optional boolean mask of appeared tissue that replaces the thresholded map
         (the learned detector's growth, :mod:`mstoolkit.longitudinal.learned`); disappeared
         tissue still comes from ``change_z``
+    gate : how "lesion-like" gates the thresholded map, voxel by voxel or component by
+        component (:data:`GATES`, :func:`gate_changes`)
 
     Returns
     -------
@@ -235,9 +268,9 @@ def classify_changes(
     voxel_mm3 = float(np.prod(spacing_from_affine(affine)))
     brain = brain > 0
     if appeared is None:
-        appeared = (change_z > change_z_threshold) & lesion_followup
+        appeared = gate_changes(brain & (change_z > change_z_threshold), lesion_followup, gate)
     appeared = brain & appeared
-    disappeared = brain & (change_z < -change_z_threshold) & lesion_baseline
+    disappeared = gate_changes(brain & (change_z < -change_z_threshold), lesion_baseline, gate)
     base_labels, _ = _components(lesion_baseline & brain)
     follow_labels, _ = _components(lesion_followup & brain)
     base_sizes = np.bincount(base_labels.ravel()) * voxel_mm3
@@ -356,6 +389,7 @@ def detect_changes(
     enlarging_ratio: float = DEFAULT_ENLARGING_RATIO,
     method: str = DEFAULT_METHOD,
     change_network: tuple[Any, dict] | None = None,
+    gate: str = DEFAULT_GATE,
 ) -> ChangeResult:
     """New, enlarging and shrinking lesions between two FLAIR scans, on the follow-up grid.
 
@@ -373,7 +407,7 @@ def detect_changes(
     model, model_sequences : an optional segmentation model (``load_model``) and its input
         sequences; where it calls lesion, the tissue counts as lesion-like too
     device : where the model runs
-    change_z, hyperintensity_z, smoothing_mm, edge_mm, min_size_mm3, enlarging_ratio : see the
+    change_z, hyperintensity_z, smoothing_mm, edge_mm, min_size_mm3, enlarging_ratio, gate : see the
         module's DEFAULT_* constants (each says where its value comes from) and :func:`classify_changes`
     method : ``"statistical"`` (the scaled difference and FLAIR hyperintensity decide growth) or
         ``"learned"`` (a network on both scans and their difference decides it,
@@ -386,6 +420,8 @@ def detect_changes(
 
     if method not in METHODS:
         raise MSToolkitInputError(f"unknown change method {method!r}; allowed: {', '.join(METHODS)}.")
+    if gate not in GATES:
+        raise MSToolkitInputError(f"unknown gate {gate!r}; allowed: {', '.join(GATES)}.")
     baseline = _check_scan(baseline, "baseline FLAIR")
     followup = _check_scan(followup, "follow-up FLAIR")
     notes: list[str] = []
@@ -454,7 +490,7 @@ def detect_changes(
                      "statistical map")
     labels, lesions = classify_changes(scaled, lesion_baseline, lesion_followup, brain, followup_affine,
                                        change_z_threshold=change_z, min_size_mm3=min_size_mm3,
-                                       enlarging_ratio=enlarging_ratio, appeared=appeared)
+                                       enlarging_ratio=enlarging_ratio, appeared=appeared, gate=gate)
     return ChangeResult(labels=labels, change_z=scaled, baseline_registered=baseline_on_grid,
                         followup_corrected=followup, brain=brain.astype(np.uint8), lesions=lesions, transform=transform,
                         registration_quality=quality, notes=notes, growth_probability=probability)
@@ -565,6 +601,8 @@ def longitudinal_files(
     change_z: float = DEFAULT_CHANGE_Z,
     method: str = DEFAULT_METHOD,
     change_model: str | os.PathLike | None = None,
+    gate: str = DEFAULT_GATE,
+    hyperintensity_z: float = DEFAULT_HYPERINTENSITY_Z,
 ) -> dict[str, Any]:
     """Run :func:`detect_changes` on files and write its outputs on the follow-up grid.
 
@@ -586,6 +624,12 @@ def longitudinal_files(
         raise MSToolkitInputError(f"--min-size-mm3 must be 0 or more, got {min_size_mm3}.")
     if method not in METHODS:
         raise MSToolkitInputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}.")
+    if gate not in GATES:
+        raise MSToolkitInputError(f"--gate must be one of {', '.join(GATES)}, got {gate!r}.")
+    if not change_z > 0:
+        raise MSToolkitInputError(f"--change-z must be greater than 0 (e.g. {DEFAULT_CHANGE_Z}), got {change_z}.")
+    if not hyperintensity_z > 0:
+        raise MSToolkitInputError(f"--hyperintensity-z must be greater than 0 (e.g. {DEFAULT_HYPERINTENSITY_Z}), got {hyperintensity_z}.")
     change_network = None
     if method == "learned":  # load before any work: a wrong checkpoint fails fast
         from mstoolkit.longitudinal.learned import load_change_model
@@ -616,7 +660,8 @@ def longitudinal_files(
                             followup_t1=follow_t1, registered=registered, skull_stripped=skull_stripped, model=net,
                             model_sequences=tuple(config["sequences"]) if config else ("FLAIR", "T1"),
                             device=device, change_z=change_z, min_size_mm3=min_size_mm3,
-                            enlarging_ratio=enlarging_ratio, method=method, change_network=change_network)
+                            enlarging_ratio=enlarging_ratio, method=method, change_network=change_network, gate=gate,
+                            hyperintensity_z=hyperintensity_z)
     voxel_mm3 = float(np.prod(spacing_from_affine(follow_affine)))
     counts = {name: sum(1 for row in result.lesions if row["label"] == label) for label, name in CLASS_NAMES.items()}
     volumes = {name: round(float((result.labels == label).sum()) * voxel_mm3, 2) for label, name in CLASS_NAMES.items()}
@@ -646,8 +691,8 @@ def longitudinal_files(
             "source": str(change_model or "shipped"), "threshold": change_network[1]["threshold"],
             "title": change_network[1].get("title"), "best_iteration": change_network[1].get("best_iteration")},
         "settings": {"min_size_mm3": min_size_mm3, "enlarging_ratio": enlarging_ratio, "change_z": change_z,
-                     "hyperintensity_z": DEFAULT_HYPERINTENSITY_Z, "smoothing_mm": DEFAULT_SMOOTHING_MM,
-                     "edge_mm": DEFAULT_EDGE_MM, "skull_stripped": skull_stripped},
+                     "hyperintensity_z": hyperintensity_z, "smoothing_mm": DEFAULT_SMOOTHING_MM,
+                     "edge_mm": DEFAULT_EDGE_MM, "gate": gate, "skull_stripped": skull_stripped},
         "steps": result.notes,
         "grid": {"shape": list(follow_image.shape), "affine": np.round(follow_affine, 6).tolist(), "of": "follow-up"},
         "mstoolkit_version": __version__,
@@ -661,6 +706,10 @@ def longitudinal_files(
     return report
 
 
+def _or_default(value, default):
+    return default if value is None else value
+
+
 def cli_longitudinal(args) -> int:
     """``mstoolkit longitudinal --baseline F --followup F --out DIR``: write the change maps and report."""
     report = longitudinal_files(args.baseline, args.followup, args.out, baseline_t1=args.baseline_t1,
@@ -668,7 +717,10 @@ def cli_longitudinal(args) -> int:
                                 skull_stripped=args.skull_stripped, model=args.model, device=args.device,
                                 min_size_mm3=args.min_size_mm3, enlarging_ratio=args.enlarging_ratio,
                                 method=getattr(args, "method", DEFAULT_METHOD),
-                                change_model=getattr(args, "change_model", None))
+                                change_model=getattr(args, "change_model", None),
+                                gate=getattr(args, "gate", None) or DEFAULT_GATE,
+                                change_z=_or_default(getattr(args, "change_z", None), DEFAULT_CHANGE_Z),
+                                hyperintensity_z=_or_default(getattr(args, "hyperintensity_z", None), DEFAULT_HYPERINTENSITY_Z))
     counts = report["counts"]
     print(f"{counts['new']} new, {counts['enlarging']} enlarging, {counts['shrinking_or_resolved']} shrinking or resolved "
           f"lesion(s); active: {'yes' if report['active'] else 'no'} ({report['seconds']:.1f} s). Wrote change_mask.nii.gz, "
