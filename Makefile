@@ -30,9 +30,12 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest -m "notebook and not browser" -q
 
-# lint (package, tests, benchmarks and notebooks), then every test and docstring example but the browser's
+# lint (package, tests, benchmarks and notebooks), then every test and docstring example but the browser's,
+# in TEST_WORKERS processes (pytest-xdist): the notebooks' run (tests/test_notebooks.py, one group, one
+# process) goes on while the other process takes the remaining tests. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -m "not browser"
+	$(BIN)/python -m pytest -q -m "not browser" -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,6 +42,10 @@ from mstoolkit.course.runner import (
 )
 from mstoolkit.data.datasets import real_sample_dir
 
+# Under pytest-xdist (`make test`) every test of this file runs in one worker, so the session's one
+# quick run of the notebooks (the ``quick_run`` fixture) happens once, beside the other tests.
+pytestmark = pytest.mark.xdist_group("notebooks")
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")
 NAMES = [p.name for p in NOTEBOOKS]
@@ -102,6 +106,16 @@ def test_notebook_in_readme_table(name):
     if not rows:
         pytest.skip("README.md has no table of notebooks yet")
     assert any(name in row for row in rows), f"{name} is missing from README.md's table of notebooks"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_readme_minutes_are_the_notebooks_estimate(name):
+    """The README's minutes column says what the notebook's introduction says (the schedule relies on both)."""
+    stated = re.search(r"Estimated time: (\d+) minutes", _read(name).cells[0].source)
+    assert stated, f"{name}: the introduction states no 'Estimated time: N minutes'"
+    row = next(row for row in _readme_table_rows() if name in row)
+    minutes = [cell.strip() for cell in row.strip().strip("|").split("|")][3]
+    assert minutes == stated.group(1), f"README.md gives {name} {minutes} minutes, the notebook {stated.group(1)}"
 
 
 # --------------------------------------------------------------------------- (b) papermill quick run
