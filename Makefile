@@ -31,11 +31,12 @@ notebooks: $(STAMP)
 	$(BIN)/python -m pytest -m "notebook and not browser" -q
 
 # lint (package, tests, benchmarks and notebooks), then every test and docstring example but the browser's,
-# in TEST_WORKERS processes (pytest-xdist): the notebooks' run (tests/test_notebooks.py, one group, one
-# process) goes on while the other process takes the remaining tests. TEST_WORKERS=0: one process.
+# in TEST_WORKERS processes (pytest-xdist, one test file per process at a time): the notebooks' run
+# (tests/test_notebooks.py, whose session fixture runs every notebook once) goes on in one process while
+# the other takes the remaining files. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -m "not browser" -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -m "not browser" -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

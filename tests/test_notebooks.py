@@ -42,9 +42,8 @@ from mstoolkit.course.runner import (
 )
 from mstoolkit.data.datasets import real_sample_dir
 
-# Under pytest-xdist (`make test`) every test of this file runs in one worker, so the session's one
-# quick run of the notebooks (the ``quick_run`` fixture) happens once, beside the other tests.
-pytestmark = pytest.mark.xdist_group("notebooks")
+# `make test` runs pytest-xdist with --dist loadfile: every test of this file runs in one worker, so the
+# session's one quick run of the notebooks (the ``quick_run`` fixture) happens once, beside the other files.
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")
