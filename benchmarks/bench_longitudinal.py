@@ -76,29 +76,39 @@ def _mean(rows: list[dict], key: str) -> float:
     return round(sum(row[key] for row in rows) / len(rows), 4)
 
 
-def select_on_phantom() -> dict:
-    """Sweep the method's parameters on the phantom selection pairs; keep the best mean lesion F1."""
+def _prepare_pair(seed: int) -> tuple:
+    """A phantom pair, registered and bias-corrected once, so that settings can be swept on one grid."""
     from mstoolkit.longitudinal.change import detect_changes
 
+    profile, _, (baseline, followup, truth) = _phantom_pair(seed)
+    first = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
+                           skull_stripped=True)
+    return seed, profile, baseline, followup, truth, first
+
+
+def _score_setting(prepared: tuple, settings: dict) -> dict:
+    """Scores of one setting of detect_changes on a prepared pair (its registration reused)."""
+    from mstoolkit.longitudinal.change import detect_changes
+
+    _seed, _profile, baseline, followup, truth, first = prepared
+    result = detect_changes(first.baseline_registered, followup.affine, first.followup_corrected, followup.affine,
+                            registered=True, skull_stripped=True, bias_correct=False, **settings)
+    result.transform = first.transform
+    return _score_phantom(result, baseline, followup, truth)
+
+
+def select_on_phantom() -> dict:
+    """Sweep the method's parameters on the phantom selection pairs; keep the best mean lesion F1."""
     prepared = []
     for seed in SELECTION_SEEDS:
-        profile, _, (baseline, followup, truth) = _phantom_pair(seed)
-        # Register and bias-correct once; the sweep then runs on the pair on one grid.
-        first = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
-                               skull_stripped=True)
-        prepared.append((seed, profile, baseline, followup, truth, first))
-        print(f"prepared phantom pair {seed} ({profile})", flush=True)
+        prepared.append(_prepare_pair(seed))
+        print(f"prepared phantom pair {seed} ({prepared[-1][1]})", flush=True)
     grid = {"gate": ("voxel", "component"), "smoothing_mm": (0.5, 1.0), "change_z": (3.0, 4.0, 5.0, 6.0),
             "hyperintensity_z": (2.0, 2.5, 3.0), "min_size_mm3": (3.0, 10.0, 30.0)}
     rows = []
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values))
-        scores = []
-        for _seed, _profile, baseline, followup, truth, first in prepared:
-            result = detect_changes(first.baseline_registered, followup.affine, first.followup_corrected, followup.affine,
-                                    registered=True, skull_stripped=True, bias_correct=False, **settings)
-            result.transform = first.transform
-            scores.append(_score_phantom(result, baseline, followup, truth))
+        scores = [_score_setting(pair, settings) for pair in prepared]
         row = {**settings, "f1": _mean(scores, "f1"), "sensitivity": _mean(scores, "sensitivity"),
                "precision": _mean(scores, "precision"), "dice": _mean(scores, "dice")}
         rows.append(row)
@@ -116,24 +126,17 @@ def tie_break() -> dict:
     """
     import json
 
-    from mstoolkit.longitudinal.change import detect_changes
-
     sweep = json.loads((ROOT / "build" / "benchmarks" / "longitudinal_selection.json").read_text())
     finalists = [max((row for row in sweep["rows"] if row["gate"] == gate), key=lambda row: (row["f1"], row["dice"]))
                  for gate in ("voxel", "component")]
-    keys = [key for key in sweep["grid"]]
+    settings = [{key: row[key] for key in sweep["grid"]} for row in finalists]
     scores = {i: [] for i in range(len(finalists))}
     for seed in TIE_BREAK_SEEDS:
-        profile, _, (baseline, followup, truth) = _phantom_pair(seed)
-        first = detect_changes(baseline.images["FLAIR"], baseline.affine, followup.images["FLAIR"], followup.affine,
-                               skull_stripped=True)
-        for i, row in enumerate(finalists):
-            result = detect_changes(first.baseline_registered, followup.affine, first.followup_corrected, followup.affine,
-                                    registered=True, skull_stripped=True, bias_correct=False, **{k: row[k] for k in keys})
-            result.transform = first.transform
-            scores[i].append({"seed": seed, "profile": profile, **_score_phantom(result, baseline, followup, truth)})
-        print(f"pair {seed} ({profile}):", [round(scores[i][-1]["f1"], 3) for i in scores], flush=True)
-    rows = [{"settings": {k: row[k] for k in keys}, "selection_f1": row["f1"], "f1": _mean(scores[i], "f1"),
+        prepared = _prepare_pair(seed)
+        for i, setting in enumerate(settings):
+            scores[i].append({"seed": seed, "profile": prepared[1], **_score_setting(prepared, setting)})
+        print(f"pair {seed} ({prepared[1]}):", [round(scores[i][-1]["f1"], 3) for i in scores], flush=True)
+    rows = [{"settings": settings[i], "selection_f1": row["f1"], "f1": _mean(scores[i], "f1"),
              "sensitivity": _mean(scores[i], "sensitivity"), "precision": _mean(scores[i], "precision"),
              "dice": _mean(scores[i], "dice"), "pairs": scores[i]} for i, row in enumerate(finalists)]
     for row in rows:
@@ -190,8 +193,9 @@ def real_pairs(threads: int, model_name: str, method: str, settings: dict) -> di
         patient = SHARED / name
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            setting_args = [f"--{name.replace('_', '-')}" if i == 0 else str(value)
-                            for name, value in settings.items() for i in (0, 1)]
+            setting_args = []  # e.g. {"change_z": 6.0} -> ["--change-z", "6.0"]
+            for option, value in settings.items():
+                setting_args += [f"--{option.replace('_', '-')}", str(value)]
             model_args = ["--model", model_name, "--method", method, *setting_args]
             t1_args = []
             for flag, study in (("--baseline-t1", "study1"), ("--followup-t1", "study2")):

@@ -722,7 +722,7 @@ def cli_longitudinal(args) -> int:
                                 min_size_mm3=args.min_size_mm3, enlarging_ratio=args.enlarging_ratio,
                                 method=getattr(args, "method", DEFAULT_METHOD),
                                 change_model=getattr(args, "change_model", None),
-                                gate=getattr(args, "gate", None) or DEFAULT_GATE,
+                                gate=_or_default(getattr(args, "gate", None), DEFAULT_GATE),
                                 change_z=_or_default(getattr(args, "change_z", None), DEFAULT_CHANGE_Z),
                                 hyperintensity_z=_or_default(getattr(args, "hyperintensity_z", None), DEFAULT_HYPERINTENSITY_Z))
     counts = report["counts"]
